@@ -1,0 +1,90 @@
+"""Weights: safetensors I/O, layout conversion (ours, timm, official) and pretrained resolution."""
+from __future__ import annotations
+
+import json
+import os
+
+from torch import nn
+
+from ..errors import ConvformerError
+from .convert import drop_classifier, match_shapes, to_our_names, to_timm
+from .hub import resolve_pretrained
+from .io import atomic_write, read_state_dict, save_state_dict
+
+__all__ = ["save_weights", "load_weights", "load_pretrained", "to_timm", "read_state_dict",
+           "save_state_dict", "atomic_write"]
+
+
+def model_metadata(model: nn.Module) -> dict:
+    card = getattr(model, "model_card", None)
+    meta = {"format": "convformer", "architecture": card.name if card else type(model).__name__}
+    if hasattr(model, "num_classes"):
+        meta["num_classes"] = str(model.num_classes)
+    if hasattr(model, "in_chans"):
+        meta["in_chans"] = str(model.in_chans)
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and hasattr(cfg, "img_size"):
+        meta["img_size"] = str(cfg.img_size)
+    return meta
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike, layout: str = "convformer",
+                 metadata: dict | None = None):
+    """Save weights as safetensors (atomically). ``layout="timm"`` writes a file timm's model loads."""
+    if layout == "timm":
+        state = to_timm(model)
+    elif layout == "convformer":
+        state = model.state_dict()
+    else:
+        raise ConvformerError(f"unknown layout {layout!r}: use 'convformer' or 'timm'")
+    meta = {**model_metadata(model), "layout": layout, **(metadata or {})}
+    return save_state_dict(state, path, meta)
+
+
+def load_weights(model: nn.Module, source, strict: bool = True, new_classifier_ok: bool = False) -> str:
+    """Load a weight file or state dict in our, timm's or the official layout into ``model``.
+
+    Returns the detected layout. Any missing, unexpected or mis-shaped key raises ConvformerError
+    listing them; ``new_classifier_ok`` lets a classifier of another size be skipped (fine-tuning).
+    """
+    where = str(source) if not isinstance(source, dict) else "state dict"
+    if isinstance(source, dict):
+        state, meta = dict(source), {}
+    else:
+        state, meta = read_state_dict(source)
+    state, layout = to_our_names(state)
+    own = model.state_dict()
+    state, reshaped = match_shapes(state, own)
+    if reshaped and layout == "convformer":
+        layout = "timm"
+    if new_classifier_ok:
+        state = drop_classifier(state, own)
+    _check_keys(state, own, where, meta, model, strict)
+    model.load_state_dict(state, strict=False)
+    return layout
+
+
+def _check_keys(state: dict, own: dict, where: str, meta: dict, model: nn.Module, strict: bool) -> None:
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    misshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                 if k in state and state[k].shape != own[k].shape]
+    card = getattr(model, "model_card", None)
+    arch = meta.get("architecture")
+    if arch and card and arch != card.name and not (missing or unexpected or misshaped) and strict:
+        raise ConvformerError(f"{where} holds weights for {arch}, not {card.name}; create {arch} instead")
+    if not (misshaped or (strict and (missing or unexpected))):
+        return
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if items:
+            shown = ", ".join(items[:5]) + (f", ... ({len(items)} in all)" if len(items) > 5 else "")
+            parts.append(f"{label}: {shown}")
+    name = card.name if card else type(model).__name__
+    hint = f" (the file says it is {arch})" if arch else ""
+    raise ConvformerError(f"{where} does not fit {name}{hint}: " + "; ".join(parts))
+
+
+def load_pretrained(model: nn.Module, card, pretrained) -> None:
+    path, _ = resolve_pretrained(card, pretrained)
+    load_weights(model, path, new_classifier_ok=True)

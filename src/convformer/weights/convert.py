@@ -1,0 +1,117 @@
+"""Key-layout converters between our MetaFormer layout, timm's and the official repositories'.
+
+Our module names follow timm's, and our pointwise layers are ``nn.Linear`` where timm (in convolutional
+stages) uses 1x1 ``nn.Conv2d``: converting is a reshape (out, in) <-> (out, in, 1, 1). The official
+sail-sg/metaformer layout differs in names only; the original sail-sg/poolformer layout in names and
+1x1-conv shapes. Each mapping is a short explicit list of rules.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+# (pattern, replacement) pairs applied in order, first match wins
+OFFICIAL_RULES = [
+    (r"^downsample_layers\.0\.conv\.", "stem.conv."),
+    (r"^downsample_layers\.0\.post_norm\.", "stem.norm."),
+    (r"^downsample_layers\.(\d+)\.pre_norm\.", r"stages.\1.downsample.norm."),
+    (r"^downsample_layers\.(\d+)\.conv\.", r"stages.\1.downsample.conv."),
+    (r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2."),
+    (r"^norm\.", "head.norm."),
+    (r"^head\.", "head.fc."),
+]
+# sail-sg/poolformer: network.{0,2,4,6} are the stages, network.{1,3,5} the downsampling convs
+POOLFORMER_V1_RULES = [
+    (r"^patch_embed\.proj\.", "stem.conv."),
+    (r"^norm\.", "head.norm."),
+    (r"^head\.", "head.fc."),
+]
+
+
+def detect_layout(state_dict: dict) -> str:
+    keys = state_dict.keys()
+    if any(k.startswith("downsample_layers.") for k in keys):
+        return "official"
+    if any(k.startswith("network.") for k in keys):
+        return "poolformer_v1_official"
+    return "convformer"  # ours and timm's share names; shapes are reconciled by ``match_shapes``
+
+
+def _apply(rules, key: str) -> str:
+    for pattern, repl in rules:
+        if re.match(pattern, key):
+            return re.sub(pattern, repl, key, count=1)
+    return key
+
+
+def _v1_key(key: str) -> str:
+    m = re.match(r"^network\.(\d+)\.proj\.(.*)$", key)
+    if m:  # network.1/3/5 downsample into stages 1/2/3
+        return f"stages.{(int(m.group(1)) + 1) // 2}.downsample.conv.{m.group(2)}"
+    m = re.match(r"^network\.(\d+)\.(\d+)\.layer_scale_(\d)$", key)
+    if m:
+        return f"stages.{int(m.group(1)) // 2}.blocks.{m.group(2)}.layer_scale{m.group(3)}.scale"
+    m = re.match(r"^network\.(\d+)\.(\d+)\.(.*)$", key)
+    if m:
+        return f"stages.{int(m.group(1)) // 2}.blocks.{m.group(2)}.{m.group(3)}"
+    return _apply(POOLFORMER_V1_RULES, key)
+
+
+def to_our_names(state_dict: dict) -> tuple[dict, str]:
+    """Rename keys of any known layout to ours; returns (state_dict, detected layout)."""
+    layout = detect_layout(state_dict)
+    if layout == "official":
+        return {_apply(OFFICIAL_RULES, k): v for k, v in state_dict.items()}, layout
+    if layout == "poolformer_v1_official":
+        return {_v1_key(k): v for k, v in state_dict.items()}, layout
+    return dict(state_dict), layout
+
+
+def match_shapes(state_dict: dict, reference: dict) -> tuple[dict, bool]:
+    """Reshape tensors that differ from the reference only by trailing singleton dims (1x1 convs vs
+    linears). Returns the new dict and whether anything was reshaped (a sign of timm's layout)."""
+    out, changed = {}, False
+    for key, value in state_dict.items():
+        ref = reference.get(key)
+        if ref is not None and value.shape != ref.shape and _squeeze_trailing(value.shape) == \
+                _squeeze_trailing(ref.shape) and value.numel() == ref.numel():
+            value, changed = value.reshape(ref.shape), True
+        out[key] = value
+    return out, changed
+
+
+def _squeeze_trailing(shape) -> tuple:
+    shape = list(shape)
+    while len(shape) > 2 and shape[-1] == 1:
+        shape.pop()
+    return tuple(shape)
+
+
+def to_timm(model: nn.Module) -> dict:
+    """Our MetaFormer's state dict in timm's layout: pointwise weights of the convolutional (non-
+    attention) stages become 1x1-conv weights. Frozen buffers timm does not have are dropped."""
+    conv_stages = {i for i, kind in enumerate(model.cfg.mixers) if kind != "attention"}
+    out = {}
+    for key, value in model.state_dict().items():
+        m = re.match(r"^stages\.(\d+)\.blocks\.\d+\.(token_mixer\.pwconv[12]|mlp\.fc[12])\.weight$", key)
+        if m and int(m.group(1)) in conv_stages:
+            value = value.reshape(*value.shape, 1, 1)
+        out[key] = value.clone()
+    return out
+
+
+def drop_classifier(state_dict: dict, model_state: dict) -> dict:
+    """Remove final-classifier tensors whose shape does not fit the model (fine-tuning to new classes)."""
+    out = {}
+    for key, value in state_dict.items():
+        is_classifier = re.match(r"^head\.fc\.(fc2\.)?(weight|bias)$", key)
+        if is_classifier and (key not in model_state or model_state[key].shape != value.shape):
+            continue
+        out[key] = value
+    return out
+
+
+def numel(state_dict: dict) -> int:
+    return sum(v.numel() for v in state_dict.values() if isinstance(v, torch.Tensor))

@@ -1,0 +1,103 @@
+"""Reading and writing weight files.
+
+Our format is safetensors (no code runs on load). Other formats people have (.pth/.pt/.bin/.tar state
+dicts from timm or the papers' repositories) are read with ``torch.load(weights_only=True)``, which
+refuses pickled objects other than tensors and plain containers. Every write goes to a temporary file
+in the target folder and is then renamed over the target, so a crash never leaves half a file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import ConvformerError
+
+WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "params")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)``, then rename tmp_path to ``path``; on failure ``path`` is untouched."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        _remove(tmp)
+        raise ConvformerError(f"could not write {path}: {err.strerror or err}; nothing was overwritten "
+                              "(check free disk space and permissions)") from err
+    except BaseException:
+        _remove(tmp)
+        raise
+    return path
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def save_state_dict(state_dict: dict, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def read_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
+    """Read a weight file into (state_dict, metadata). Safetensors metadata values stay strings."""
+    path = Path(path)
+    if not path.exists():
+        raise ConvformerError(f"weight file not found: {path}")
+    if path.is_dir():
+        raise ConvformerError(f"{path} is a folder; pass the weight file itself (.safetensors or .pth)")
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if path.suffix == ".safetensors" or _looks_like_safetensors(head):
+        try:
+            from safetensors import safe_open
+            with safe_open(str(path), "pt") as fh:
+                meta = fh.metadata() or {}
+            return load_file(str(path)), meta
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ConvformerError(f"cannot read {path}: not a valid safetensors file (truncated or "
+                                  f"corrupt: {err}); re-download or re-save it") from err
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types here: report them all the same way
+        raise ConvformerError(f"cannot read {path} as a PyTorch state dict ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200]}); only tensors are accepted "
+                              "(weights_only=True)") from err
+    return unwrap_state_dict(obj, path), {}
+
+
+def _looks_like_safetensors(head: bytes) -> bool:
+    # 8-byte little-endian header length, then a JSON object
+    return len(head) >= 9 and head[8:9] == b"{"
+
+
+def unwrap_state_dict(obj, where="checkpoint") -> dict:
+    """Find the tensor dict in common training-checkpoint wrappers and drop DDP's 'module.' prefix."""
+    if isinstance(obj, dict):
+        for key in WRAPPER_KEYS:
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConvformerError(f"{where} holds no state dict of tensors")
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return dict(obj)
