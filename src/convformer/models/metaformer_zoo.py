@@ -161,3 +161,15 @@ for _family in ("identityformer", "randformer", "poolformerv2", "poolformer"):
     _register_family(_family, SIZES_SMALL_FAMILIES)
 for _family in ("convformer", "caformer"):
     _register_family(_family, SIZES_CONV_FAMILIES)
+
+
+# Not from the paper: a small ConvFormer for the embedded digits demo (`make demo`) and quick tests.
+NANO_PARAMS, NANO_MACS = 3_142_544, 10_044_160  # exact counts at 1000 classes, 32x32
+NANO = replace(FAMILIES["convformer"], depths=(2, 2, 4, 2), dims=(32, 64, 128, 192), img_size=32)
+register_model(ModelCard(
+    name="convformer_nano", family="convformer", params=NANO_PARAMS, macs=NANO_MACS, input_size=(3, 32, 32),
+    metrics={}, paper=PAPER_V2, code=CODE_V2, weights=(),
+    preprocessing=dict(interpolation="bilinear", crop_pct=1.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    notes=("Not in the paper: the ConvFormer block design at a tiny width and depth, trained from "
+           "scratch by `convformer train` on the bundled digits data.", MLP_HEAD_NOTE)),
+    lambda **kw: build_metaformer(NANO, **kw))

@@ -57,9 +57,10 @@ def load_weights(model: nn.Module, source, strict: bool = True, new_classifier_o
     state, reshaped = match_shapes(state, own)
     if reshaped and layout == "convformer":
         layout = "timm"
+    fresh = set()
     if new_classifier_ok:
-        state = drop_classifier(state, own)
-    _check_keys(state, own, where, meta, model, strict)
+        state, fresh = drop_classifier(state, own)
+    _check_keys(state, {k: v for k, v in own.items() if k not in fresh}, where, meta, model, strict)
     model.load_state_dict(state, strict=False)
     return layout
 

@@ -102,15 +102,17 @@ def to_timm(model: nn.Module) -> dict:
     return out
 
 
-def drop_classifier(state_dict: dict, model_state: dict) -> dict:
-    """Remove final-classifier tensors whose shape does not fit the model (fine-tuning to new classes)."""
-    out = {}
+def drop_classifier(state_dict: dict, model_state: dict) -> tuple[dict, set]:
+    """Remove final-classifier tensors whose shape does not fit the model (fine-tuning to new classes).
+    Returns the remaining state and the model keys left at their fresh initialisation."""
+    out, dropped = {}, set()
     for key, value in state_dict.items():
         is_classifier = re.match(r"^head\.fc\.(fc2\.)?(weight|bias)$", key)
         if is_classifier and (key not in model_state or model_state[key].shape != value.shape):
+            dropped.add(key)
             continue
         out[key] = value
-    return out
+    return out, dropped
 
 
 def numel(state_dict: dict) -> int:

@@ -1,0 +1,35 @@
+# Two entry points: `make demo` (train the default model on the bundled digits) and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# torch/torchvision pinned to the builds these machines carry on local disk (CPU use; see README)
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test test-all venv
+
+$(VENV)/.created:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=python3)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.created pyproject.toml
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.created pyproject.toml
+	$(PIP) install -q -e '.[test]'
+	touch $(VENV)/.installed $@
+
+venv: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/convformer train --output runs
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -n 2 -q
+
+test-all: $(VENV)/.installed-test
+	$(PY) -m pytest -n 2 -q -m ""

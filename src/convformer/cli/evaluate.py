@@ -1,0 +1,73 @@
+"""`convformer eval`: evaluate weights on the digits test split or an image folder's val/."""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+from torch.utils.data import DataLoader
+
+from ..data import build_image_data
+from ..engine import EvalConfig, build_config, evaluate
+from ..engine.evaluate import resolve_device
+from ..errors import ConvformerError
+from ..registry import create_model, model_card
+from ..weights import load_weights, read_state_dict
+from . import app
+
+
+def model_from_weights(weights: str, model_name: Optional[str] = None, img_size: Optional[int] = None):
+    """Create the model a weight file was saved from (its metadata) and load the weights.
+    Returns (model, metadata)."""
+    state, meta = read_state_dict(weights)
+    name = model_name or meta.get("architecture")
+    if not name:
+        raise ConvformerError(f"{weights} does not say which model it holds; pass --model NAME")
+    num_classes = int(meta["num_classes"]) if "num_classes" in meta else _classes_in(state)
+    card = model_card(name)
+    size = img_size or int(meta.get("img_size", card.input_size[-1]))
+    model = create_model(name, num_classes=num_classes, img_size=size)
+    load_weights(model, state if not meta else weights)
+    return model.eval(), meta
+
+
+def _classes_in(state: dict) -> int:
+    for key in ("head.fc.fc2.bias", "head.fc.bias", "head.fc2.bias", "head.bias"):
+        if key in state:
+            return int(state[key].shape[0])
+    return 1000
+
+
+@app.command("eval")
+def evaluate_cmd(
+    weights: str = typer.Argument(..., help="Weight file (.safetensors from `convformer train`, or timm/official)."),
+    model: Optional[str] = typer.Option(None, help="Model name, if the file does not record it."),
+    data: Optional[str] = typer.Option(None, help="'digits' or a folder with val/ [default: digits]."),
+    img_size: Optional[int] = typer.Option(None, help="Input size [default: from the weights or card]."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size [default: 128]."),
+    workers: Optional[int] = typer.Option(None, help="Data-loader workers [default: 0]."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda ... [default: auto]."),
+    config: Optional[str] = typer.Option(None, help="YAML/JSON file of options."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+):
+    """Report loss, top-1 and top-5 accuracy."""
+    flags = {k: v for k, v in locals().items() if k not in ("config", "as_json")}
+    cfg = build_config(EvalConfig, config, **flags)
+    net, meta = model_from_weights(cfg.weights, cfg.model, cfg.img_size)
+    size = net.cfg.img_size
+    pre = net.model_card.preprocessing
+    mean = json.loads(meta["mean"]) if "mean" in meta else pre.get("mean")
+    std = json.loads(meta["std"]) if "std" in meta else pre.get("std")
+    data_set = build_image_data(cfg.data, size, mean, std, pre.get("crop_pct", 1.0),
+                                pre.get("interpolation", "bicubic"), need_train=False)
+    if net.num_classes != len(data_set.classes):
+        raise ConvformerError(f"the weights predict {net.num_classes} classes but {cfg.data} has "
+                              f"{len(data_set.classes)}; evaluate on the data the model was trained for")
+    device = resolve_device(cfg.device)
+    loader = DataLoader(data_set.val, batch_size=cfg.batch_size, num_workers=cfg.workers)
+    result = evaluate(net.to(device), loader, device, progress=True)
+    if as_json:
+        typer.echo(json.dumps({"model": net.model_card.name, "data": cfg.data, **result}))
+    else:
+        typer.echo(f"{net.model_card.name} on {cfg.data}: top-1 {result['top1']:.2f}%  top-5 "
+                   f"{result['top5']:.2f}%  loss {result['loss']:.4f}  ({result['count']} images)")

@@ -1,0 +1,61 @@
+"""Image-folder data: torchvision's ImageFolder with the usual train/eval transforms.
+
+Evaluation preprocessing follows the model card (the timm convention): resize the shorter side to
+``size / crop_pct`` with the card's interpolation, centre-crop ``size``, normalise with mean/std.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import ConvformerError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def _interp(name: str):
+    from torchvision.transforms import InterpolationMode
+    return {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
+            "nearest": InterpolationMode.NEAREST}[name]
+
+
+def eval_transform(size: int, mean, std, crop_pct: float = 1.0, interpolation: str = "bicubic"):
+    from torchvision.transforms import v2
+    return v2.Compose([v2.ToImage(), v2.Resize(int(round(size / crop_pct)), interpolation=_interp(interpolation),
+                                                 antialias=True),
+                       v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+def train_transform(size: int, mean, std, interpolation: str = "bicubic"):
+    from torchvision.transforms import v2
+    return v2.Compose([v2.ToImage(), v2.RandomResizedCrop(size, interpolation=_interp(interpolation), antialias=True),
+                       v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open an image file as RGB, or raise ConvformerError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConvformerError(f"image not found: {path}")
+    if path.is_dir():
+        raise ConvformerError(f"{path} is a folder, not an image file")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ConvformerError(f"cannot read {path}: not an image file or corrupt ({type(err).__name__})") from err
+
+
+def image_folder(root: str | Path, transform):
+    """torchvision ImageFolder with clear errors for a missing or empty folder."""
+    from torchvision.datasets import ImageFolder
+    root = Path(root)
+    if not root.is_dir():
+        raise ConvformerError(f"data folder not found: {root}")
+    try:
+        return ImageFolder(str(root), transform=transform, loader=open_image)
+    except (FileNotFoundError, RuntimeError) as err:
+        raise ConvformerError(f"{root} is not an image folder (one sub-folder of images per class): "
+                              f"{str(err).splitlines()[0]}") from err

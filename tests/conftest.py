@@ -1,0 +1,22 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # pytest-xdist runs one worker per core
+
+TIMM_VARIANTS = [f"{f}_{s}" for f in ("poolformer", "poolformerv2") for s in ("s12", "s24", "s36", "m36", "m48")] + \
+    [f"{f}_{s}" for f in ("convformer", "caformer") for s in ("s18", "s36", "m36", "b36")]
+PAPER_ONLY_VARIANTS = [f"{f}_{s}" for f in ("identityformer", "randformer") for s in ("s12", "s24", "s36", "m36", "m48")]
+
+
+def small_kwargs(name: str, size: int = 64) -> dict:
+    """Extra create_model arguments for a small test input (RandFormer must know its size)."""
+    return {"img_size": size} if name.startswith("randformer") else {}
+
+
+@pytest.fixture
+def rng():
+    return torch.Generator().manual_seed(0)

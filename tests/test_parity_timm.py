@@ -1,0 +1,69 @@
+"""Output parity with timm, the reference port: the same weights give the same logits and feature maps,
+in both directions (timm weights into ours, our weights into timm)."""
+import pytest
+import timm
+import torch
+
+import convformer
+from convformer.weights import to_timm
+
+from conftest import TIMM_VARIANTS
+
+SMALL = ("s12", "s18")
+
+
+def perturb(model, seed=0):
+    """Random, non-trivial values for every tensor, including the 1.0/0.0-initialised scales and norms."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim <= 1:
+                p.mul_(1 + 0.2 * torch.randn(p.shape, generator=g)).add_(0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.add_(0.01 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def ours_for(name):
+    # timm's MlpHead LayerNorm uses eps 1e-6; the official code (our default) 1e-5
+    kwargs = {"head_norm_eps": 1e-6} if name.startswith(("convformer", "caformer")) else {}
+    return convformer.create_model(name, **kwargs).eval()
+
+
+def size_for(name):
+    return 224 if name.endswith(SMALL) else 96
+
+
+@pytest.mark.parametrize("name", TIMM_VARIANTS)
+def test_timm_weights_into_ours(name):
+    torch.manual_seed(1)
+    ref = perturb(timm.create_model(name)).eval()
+    ours = ours_for(name)
+    assert convformer.load_weights(ours, ref.state_dict()) == "timm"
+    x = torch.randn(2, 3, size_for(name), size_for(name))
+    with torch.no_grad():
+        diff = (ours(x) - ref(x)).abs().max().item()
+        ref_maps = ref.forward_intermediates(x, intermediates_only=True)
+        ours.features_only = True
+        our_maps = ours(x)
+    assert diff <= 1e-4
+    assert len(our_maps) == len(ref_maps) == 4
+    for a, b in zip(our_maps, ref_maps):
+        assert a.shape == b.shape
+        assert (a - b).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("name", TIMM_VARIANTS)
+def test_our_weights_into_timm(name):
+    torch.manual_seed(2)
+    ours = perturb(ours_for(name), seed=3)
+    ref = timm.create_model(name).eval()
+    ref.load_state_dict(to_timm(ours), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (ours(x) - ref(x)).abs().max().item() <= 1e-4
+
+
+def test_default_head_eps_is_official_and_differs_from_timm():
+    assert ours_for("caformer_s18").head.fc.norm.eps == 1e-6
+    assert convformer.create_model("caformer_s18").head.fc.norm.eps == 1e-5

@@ -1,0 +1,142 @@
+"""Weight files: safetensors round trip, the official layouts, and clear failures."""
+import re
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+import convformer
+from convformer import ConvformerError
+from convformer.weights import read_state_dict, save_state_dict, to_timm
+
+from test_parity_timm import perturb
+
+
+def timm_to_official(state: dict) -> dict:
+    """The sail-sg/metaformer key layout, written independently of the library: official models use
+    nn.Linear where timm has 1x1 convs, and name stem/downsampling/blocks/head differently."""
+    rules = [(r"^stem\.conv\.", "downsample_layers.0.conv."), (r"^stem\.norm\.", "downsample_layers.0.post_norm."),
+             (r"^stages\.(\d)\.downsample\.norm\.", r"downsample_layers.\1.pre_norm."),
+             (r"^stages\.(\d)\.downsample\.conv\.", r"downsample_layers.\1.conv."),
+             (r"^stages\.(\d)\.blocks\.(\d+)\.", r"stages.\1.\2."), (r"^head\.norm\.", "norm."), (r"^head\.fc\.", "head.")]
+    out = {}
+    for key, value in state.items():
+        for pattern, repl in rules:
+            if re.match(pattern, key):
+                key = re.sub(pattern, repl, key)
+                break
+        if value.ndim == 4 and value.shape[-2:] == (1, 1):
+            value = value.flatten(1)
+        out[key] = value
+    return out
+
+
+@pytest.mark.parametrize("name", ["poolformerv2_s12", "convformer_s18", "caformer_s18"])
+def test_official_layout_loads_like_timms_converter(name):
+    """timm's own checkpoint_filter_fn is the reference for reading official checkpoints."""
+    from timm.models.metaformer import checkpoint_filter_fn
+    torch.manual_seed(0)
+    source = perturb(timm.create_model(name))
+    official = timm_to_official(source.state_dict())
+    ref = timm.create_model(name).eval()
+    ref.load_state_dict(checkpoint_filter_fn(official, ref))
+    kwargs = {"head_norm_eps": 1e-6} if not name.startswith("pool") else {}
+    ours = convformer.create_model(name, **kwargs).eval()
+    assert convformer.load_weights(ours, official) == "official"
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert (ours(x) - ref(x)).abs().max().item() <= 1e-4
+
+
+def test_official_randformer_matrix_loads(tmp_path):
+    ours = convformer.create_model("randformer_s12")
+    official = timm_to_official(ours.state_dict())
+    official["stages.2.0.token_mixer.random_matrix"] = torch.softmax(torch.randn(196, 196), -1)
+    torch.save(official, tmp_path / "randformer_s12.pth")
+    fresh = convformer.create_model("randformer_s12")
+    assert convformer.load_weights(fresh, tmp_path / "randformer_s12.pth") == "official"
+    assert torch.equal(fresh.stages[2].blocks[0].token_mixer.random_matrix,
+                       official["stages.2.0.token_mixer.random_matrix"])
+
+
+def test_save_load_round_trip_and_metadata(tmp_path):
+    model = perturb(convformer.create_model("convformer_nano", num_classes=10)).eval()
+    path = convformer.save_weights(model, tmp_path / "w.safetensors")
+    state, meta = read_state_dict(path)
+    assert meta["architecture"] == "convformer_nano" and meta["num_classes"] == "10"
+    other = convformer.create_model("convformer_nano", num_classes=10).eval()
+    assert convformer.load_weights(other, path) == "convformer"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), other(x))
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary files left behind
+
+
+def test_timm_layout_file_loads_in_timm(tmp_path):
+    model = perturb(convformer.create_model("caformer_s18", head_norm_eps=1e-6)).eval()
+    convformer.save_weights(model, tmp_path / "timm.safetensors", layout="timm")
+    ref = timm.create_model("caformer_s18").eval()
+    ref.load_state_dict(load_file(tmp_path / "timm.safetensors"))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert (ref(x) - model(x)).abs().max() <= 1e-4
+
+
+def test_pretrained_local_file_and_new_head(tmp_path):
+    ref = perturb(timm.create_model("poolformerv2_s12"))
+    torch.save(ref.state_dict(), tmp_path / "pf.pth")
+    model = convformer.create_model("poolformerv2_s12", pretrained=str(tmp_path / "pf.pth")).eval()
+    torch.testing.assert_close(model.stem.conv.weight, ref.stem.conv.weight)
+    tuned = convformer.create_model("poolformerv2_s12", pretrained=str(tmp_path / "pf.pth"), num_classes=5)
+    torch.testing.assert_close(tuned.head.norm.weight, ref.head.norm.weight)
+    assert tuned.head.fc.weight.shape == (5, 512)
+
+
+def test_pretrained_offline_says_how_to_pass_a_file():
+    with pytest.raises(ConvformerError, match=r"pretrained='path/to/file'"):
+        convformer.create_model("convformer_s18", pretrained=True)
+
+
+def test_truncated_safetensors_is_reported(tmp_path):
+    path = convformer.save_weights(convformer.create_model("convformer_nano"), tmp_path / "w.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConvformerError, match="not a valid safetensors file"):
+        convformer.load_weights(convformer.create_model("convformer_nano"), path)
+
+
+def test_checkpoint_of_another_architecture(tmp_path):
+    path = convformer.save_weights(convformer.create_model("caformer_s18"), tmp_path / "ca.safetensors")
+    with pytest.raises(ConvformerError, match=r"does not fit convformer_s18.*caformer_s18.*missing: .*qkv|unexpected: .*qkv"):
+        convformer.load_weights(convformer.create_model("convformer_s18"), path)
+    same_keys = convformer.save_weights(convformer.create_model("identityformer_s12"), tmp_path / "id.safetensors")
+    with pytest.raises(ConvformerError, match="holds weights for identityformer_s12, not poolformerv2_s12"):
+        convformer.load_weights(convformer.create_model("poolformerv2_s12"), same_keys)
+
+
+class Evil:
+    """Any non-tensor object in a pickle must be refused."""
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    torch.save({"weight": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(ConvformerError, match="weights_only"):
+        read_state_dict(tmp_path / "evil.pth")
+
+
+def test_failed_write_leaves_existing_file_untouched(tmp_path, monkeypatch):
+    path = tmp_path / "keep.safetensors"
+    save_state_dict({"a": torch.ones(2)}, path)
+    before = path.read_bytes()
+    import convformer.weights.io as io
+
+    def broken(tensors, filename, metadata=None):
+        with open(filename, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(io, "save_file", broken)
+    with pytest.raises(ConvformerError, match="No space left on device"):
+        save_state_dict({"a": torch.zeros(2)}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.safetensors"]
