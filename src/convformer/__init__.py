@@ -6,10 +6,12 @@ Public API::
     model = convformer.create_model("convformer_s18", pretrained="weights.safetensors")
     convformer.list_models("caformer*"); convformer.model_card("caformer_s18")
     convformer.save_weights(model, "out.safetensors"); convformer.load_weights(model, "timm.pth")
+    fast = convformer.optimize(model, dtype="bf16", compile=True)   # folded inference copy
 """
 from .errors import ConvformerError
+from .optimize import optimize
 from .registry import create_model, list_models, model_card
 from .weights import load_weights, save_weights
 
 __version__ = "0.1.0"
-__all__ = ["ConvformerError", "create_model", "list_models", "model_card", "load_weights", "save_weights"]
+__all__ = ["ConvformerError", "optimize", "create_model", "list_models", "model_card", "load_weights", "save_weights"]

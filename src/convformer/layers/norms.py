@@ -18,6 +18,16 @@ class ChannelLayerNorm(nn.LayerNorm):
         super().__init__(dim, eps=eps, elementwise_affine=True, bias=bias)
 
 
+def normalize_hwc(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Zero-mean, unit-variance over (H, W, C) of each sample of a (B, H, W, C) tensor, no affine.
+
+    During ONNX export the same statistics are computed by group_norm with one group on the NCHW
+    view, because the legacy exporter cannot take a normalised shape read from the input's shape."""
+    if torch.onnx.is_in_onnx_export():
+        return F.group_norm(x.permute(0, 3, 1, 2), 1, eps=eps).permute(0, 2, 3, 1)
+    return F.layer_norm(x, x.shape[-3:], eps=eps)
+
+
 class SpatialChannelNorm(nn.Module):
     """Normalise each sample over (H, W, C) together, then scale (and shift) per channel."""
 
@@ -28,8 +38,7 @@ class SpatialChannelNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.layer_norm(x, x.shape[-3:], eps=self.eps)
-        x = x * self.weight
+        x = normalize_hwc(x, self.eps) * self.weight
         return x if self.bias is None else x + self.bias
 
     def extra_repr(self) -> str:

@@ -1,0 +1,151 @@
+"""Inference-time folding of MetaFormer blocks (the "fast path" of ``convformer.optimize``).
+
+At inference every per-channel affine op that sits next to a linear layer can be absorbed into it:
+* a norm's weight (and bias) into the next linear (``W diag(w)``, bias ``W b``); for the identity,
+  pooling and random mixers, which commute with per-channel scaling, into one scale after the mixer;
+* StarReLU's scale into the next layer's weight and its bias into that layer's bias
+  (``W (s r + b) = (s W) r + b W 1``); in the separable conv, where the next layer is a zero-padded
+  depthwise conv, only the scale is folded and the bias stays as ``relu(x)^2 + b/s``;
+* layer scales into the rows of the branch's last linear; residual scales into one fused
+  multiply-add (``torch.addcmul``).
+What is left per block is: norm (no affine), the mixer, one fused residual op, norm, Linear, relu^2,
+Linear, one fused residual op. Outputs equal the unfolded model up to float rounding.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import Scale, SpatialChannelNorm, StarReLU
+from ..layers.norms import normalize_hwc
+from ..mixers import AttentionMixer, PoolingMixer, SepConvMixer
+from .metaformer import MetaFormer, MetaFormerBlock
+
+
+class ShiftedSquaredReLU(nn.Module):
+    """relu(x)^2 + shift: StarReLU after its scale moved into the next layer."""
+
+    def __init__(self, shift: float):
+        super().__init__()
+        self.shift = shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.square(F.relu(x))
+        return y + self.shift if self.shift != 0.0 else y
+
+
+class PlainNorm(nn.Module):
+    """The normalisation of a ChannelLayerNorm / SpatialChannelNorm without its affine part."""
+
+    def __init__(self, eps: float, dims: int, channels: int):
+        super().__init__()
+        self.eps, self.dims, self.channels = eps, dims, channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dims == 3:
+            return normalize_hwc(x, self.eps)
+        return F.layer_norm(x, (self.channels,), eps=self.eps)
+
+
+def _norm_affine(norm: nn.Module, dim: int):
+    weight = norm.weight.detach().clone()
+    bias = norm.bias.detach().clone() if norm.bias is not None else torch.zeros(dim)
+    dims = 3 if isinstance(norm, SpatialChannelNorm) else 1
+    return weight, bias, PlainNorm(norm.eps, dims, dim)
+
+
+def _scale_vector(module: nn.Module, dim: int) -> torch.Tensor:
+    return module.scale.detach().clone() if isinstance(module, Scale) else torch.ones(dim)
+
+
+def _fold_input_affine(linear: nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """linear(w * x + b) == linear'(x): scale the input columns, move W b into the bias."""
+    with torch.no_grad():
+        shift = linear.weight @ bias
+        linear.weight.mul_(weight[None, :])
+        if linear.bias is None and bool(shift.abs().max() > 0):
+            linear.bias = nn.Parameter(shift)
+        elif linear.bias is not None:
+            linear.bias.add_(shift)
+
+
+def _fold_output_scale(linear: nn.Linear, scale: torch.Tensor) -> None:
+    with torch.no_grad():
+        linear.weight.mul_(scale[:, None])
+        if linear.bias is not None:
+            linear.bias.mul_(scale)
+
+
+def _fold_starrelu_into(linear: nn.Linear, act: StarReLU) -> None:
+    """linear(s * r + b) == linear'(r) with W' = s W and bias' = bias + b * W.sum(1)."""
+    s, b = float(act.scale), float(act.bias)
+    with torch.no_grad():
+        shift = b * linear.weight.sum(1)
+        linear.weight.mul_(s)
+        linear.bias = nn.Parameter(shift if linear.bias is None else linear.bias + shift)
+
+
+class FoldedBlock(nn.Module):
+    """A MetaFormerBlock with its affine ops folded away (inference only)."""
+
+    def __init__(self, block: MetaFormerBlock):
+        super().__init__()
+        dim = block.norm1.weight.numel()
+        mixer = block.token_mixer
+        ls1, ls2 = _scale_vector(block.layer_scale1, dim), _scale_vector(block.layer_scale2, dim)
+        w1, b1, self.norm1 = _norm_affine(block.norm1, dim)
+        self.post_scale = self.post_bias = None
+        if isinstance(mixer, SepConvMixer):
+            _fold_input_affine(mixer.pwconv1, w1, b1)
+            s, b = float(mixer.act1.scale), float(mixer.act1.bias)
+            if abs(s) > 1e-12:
+                with torch.no_grad():
+                    mixer.dwconv.weight.mul_(s)
+                mixer.act1 = ShiftedSquaredReLU(b / s)
+            _fold_output_scale(mixer.pwconv2, ls1)
+        elif isinstance(mixer, AttentionMixer):
+            _fold_input_affine(mixer.qkv, w1, b1)
+            _fold_output_scale(mixer.proj, ls1)
+        else:  # identity / pooling / random mixing commute with per-channel scaling
+            passes_bias = not isinstance(mixer, PoolingMixer)  # pool(b) - b == 0
+            self.post_scale = nn.Parameter(ls1 * w1, requires_grad=False)
+            self.post_bias = nn.Parameter(ls1 * b1 * passes_bias, requires_grad=False)
+        self.token_mixer = mixer
+        self.res_scale1 = _res(block.res_scale1)
+        w2, b2, self.norm2 = _norm_affine(block.norm2, dim)
+        mlp = block.mlp
+        _fold_input_affine(mlp.fc1, w2, b2)
+        if isinstance(mlp.act, StarReLU):
+            _fold_starrelu_into(mlp.fc2, mlp.act)
+            self.act = _relu_squared
+        else:
+            self.act = mlp.act
+        _fold_output_scale(mlp.fc2, ls2)
+        self.fc1, self.fc2 = mlp.fc1, mlp.fc2
+        self.res_scale2 = _res(block.res_scale2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.token_mixer(self.norm1(x))
+        if self.post_scale is not None:
+            y = torch.addcmul(self.post_bias, y, self.post_scale)
+        x = y + x if self.res_scale1 is None else torch.addcmul(y, x, self.res_scale1)
+        y = self.fc2(self.act(self.fc1(self.norm2(x))))
+        return y + x if self.res_scale2 is None else torch.addcmul(y, x, self.res_scale2)
+
+
+def _relu_squared(x: torch.Tensor) -> torch.Tensor:
+    return torch.square(F.relu(x))
+
+
+def _res(module: nn.Module):
+    return nn.Parameter(module.scale.detach().clone(), requires_grad=False) if isinstance(module, Scale) else None
+
+
+@torch.no_grad()
+def fold_metaformer(model: MetaFormer) -> MetaFormer:
+    """Replace every block of ``model`` (in place) by its folded form; the model must be in eval mode."""
+    for stage in model.stages:
+        stage.blocks = nn.Sequential(*[FoldedBlock(b) if isinstance(b, MetaFormerBlock) else b
+                                       for b in stage.blocks])
+    return model
