@@ -1,0 +1,68 @@
+"""Timing: throughput (batch), latency (batch 1), training-step throughput and the matmul ceiling.
+
+Every measurement warms up, then times ``repeats`` runs and reports the median and the spread
+(min..max), since single timings on a shared machine are noise. Candidates are measured in
+interleaved rounds (A, B, C, A, B, C, ...) so that slow drift of the machine hits all of them alike.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class Timing:
+    seconds: list = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    def summary(self, items: int) -> dict:
+        return {"median_s": self.median, "min_s": min(self.seconds), "max_s": max(self.seconds),
+                "per_s": items / self.median, "runs": len(self.seconds)}
+
+
+def time_once(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(fns: dict[str, Callable[[], object]], warmup: int = 2, repeats: int = 5) -> dict[str, Timing]:
+    """Warm each callable up, then time them in round-robin order ``repeats`` times."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    timings = {name: Timing() for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            timings[name].seconds.append(time_once(fn))
+    return timings
+
+
+def matmul_ceiling(dtype=torch.float32, n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a large square matrix product: the machine's practical compute ceiling."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    best = min(time_once(lambda: a @ b) for _ in range(repeats))
+    return 2 * n ** 3 / best
+
+
+def training_step(model: torch.nn.Module, batch: torch.Tensor, num_classes: int) -> Callable[[], None]:
+    """One SGD step (forward, cross-entropy, backward, update) on fixed data."""
+    target = torch.randint(0, num_classes, (batch.shape[0],))
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model.train()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(batch), target)
+        loss.backward()
+        optimizer.step()
+    return step

@@ -1,0 +1,129 @@
+"""`convformer bench`: our models and their peers, measured side by side in one run.
+
+A candidate is a spec string:
+  ``NAME``            our model, eager fp32
+  ``NAME@fast``       ``convformer.optimize`` (folded), fp32;  ``NAME@fast-bf16`` in bfloat16
+  ``NAME@compile``    folded and ``torch.compile``d
+  ``timm:NAME``       timm's model, eager; ``timm:NAME@compile``; ``timm:NAME@bf16`` (autocast)
+  ``onnx:NAME``       our model exported to ONNX, run in onnxruntime; ``onnx:timm:NAME`` timm's export
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..errors import ConvformerError
+from ..optimize import optimize
+from ..registry import create_model, model_card
+from .counts import count_macs, count_params
+from .measure import interleaved, matmul_ceiling, training_step
+
+
+def _peer_timm(name: str):
+    import timm
+    try:
+        return timm.create_model(name).eval()
+    except RuntimeError as err:
+        raise ConvformerError(f"timm has no model {name!r}") from err
+
+
+def build_candidate(spec: str, img_size: int, threads: int | None):
+    """Return (callable taking a batch -> output, base torch model for counting, model name)."""
+    onnx = spec.startswith("onnx:")
+    body = spec[len("onnx:"):] if onnx else spec
+    name, _, variant = body.partition("@")
+    is_timm = name.startswith("timm:")
+    base_name = name[len("timm:"):] if is_timm else name
+    model = _peer_timm(base_name) if is_timm else create_model(base_name).eval()
+    if onnx:
+        from ..export import export_onnx, onnx_session
+        path = Path(tempfile.mkdtemp()) / f"{base_name}.onnx"
+        export_onnx(optimize(model) if variant == "fast" else model, path, img_size)
+        session = onnx_session(path, threads)
+        return (lambda x: session.run(None, {"images": x.numpy()})), model, base_name
+    if variant in ("", "eager"):
+        fn = model
+    elif variant == "bf16" and is_timm:
+        def fn(x, _m=model):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return _m(x)
+    elif variant == "compile":
+        fn = torch.compile(model) if is_timm else optimize(model, compile=True)
+    elif variant in ("fast", "fast-bf16") and not is_timm:
+        fn = optimize(model, dtype="bf16" if variant == "fast-bf16" else None)
+    else:
+        raise ConvformerError(f"unknown benchmark variant {spec!r} (see `convformer bench --help`)")
+    return fn, model, base_name
+
+
+def run_benchmark(specs: list[str], img_size: int = 224, batch: int = 32, repeats: int = 5, warmup: int = 2,
+                  threads: int | None = None, train: bool = False, latency: bool = True) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
+    ceiling = matmul_ceiling()
+    cands = {}
+    for spec in specs:
+        fn, model, name = build_candidate(spec, img_size, threads)
+        macs = count_macs(model, (3, img_size, img_size))
+        cands[spec] = dict(fn=fn, model=model, name=name, macs=macs, params=count_params(model))
+    x = torch.randn(batch, 3, img_size, img_size)
+    x1 = x[:1].clone()
+    results = {spec: {"spec": spec, "model": c["name"], "params": c["params"], "macs": c["macs"]}
+               for spec, c in cands.items()}
+    with torch.inference_mode():
+        thr = interleaved({s: (lambda c=c: c["fn"](x)) for s, c in cands.items()}, warmup, repeats)
+        lat = interleaved({s: (lambda c=c: c["fn"](x1)) for s, c in cands.items()}, warmup, repeats) if latency else {}
+    for spec, timing in thr.items():
+        summ = timing.summary(batch)
+        results[spec].update(throughput=summ["per_s"], throughput_spread=(batch / summ["max_s"], batch / summ["min_s"]),
+                             flops_fraction=2 * cands[spec]["macs"] * summ["per_s"] / ceiling)
+        if spec in lat:
+            results[spec]["latency_ms"] = 1000 * lat[spec].median
+    if train:
+        steps = {}
+        for spec, c in cands.items():
+            if spec.startswith("onnx:") or "@" in spec:
+                continue  # training is measured on the eager models
+            steps[spec] = training_step(c["model"], x, 1000)
+        for spec, timing in interleaved(steps, 1, max(2, repeats // 2)).items():
+            results[spec]["train_throughput"] = batch / timing.median
+    return {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                        "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+            "settings": {"img_size": img_size, "batch": batch, "repeats": repeats, "warmup": warmup},
+            "matmul_ceiling_gflops": ceiling / 1e9, "results": list(results.values())}
+
+
+def format_table(report: dict) -> str:
+    rows = [f"{'candidate':<32}{'params M':>9}{'GMACs':>7}{'img/s':>9}{'spread':>16}{'b1 ms':>8}"
+            f"{'%peak':>7}{'train img/s':>12}"]
+    for r in report["results"]:
+        lo, hi = r["throughput_spread"]
+        rows.append(f"{r['spec']:<32}{r['params'] / 1e6:>9.2f}{r['macs'] / 1e9:>7.2f}{r['throughput']:>9.1f}"
+                    f"{f'{lo:.1f}-{hi:.1f}':>16}{r.get('latency_ms', float('nan')):>8.1f}"
+                    f"{100 * r['flops_fraction']:>7.1f}{r.get('train_throughput', float('nan')):>12.1f}")
+    rows.append(f"matmul ceiling {report['matmul_ceiling_gflops']:.0f} GFLOP/s fp32; "
+                f"{report['machine']['threads']} threads; {report['settings']}")
+    return "\n".join(rows)
+
+
+def write_report(report: dict, json_path: str | os.PathLike, plot_path: str | os.PathLike | None = None) -> None:
+    from ..weights.io import atomic_write
+    atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
+    if plot_path:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for r in report["results"]:
+            ax.scatter(r["macs"] / 1e9, r["throughput"])
+            ax.annotate(r["spec"], (r["macs"] / 1e9, r["throughput"]), fontsize=7)
+        ax.set_xlabel("GMACs per image"), ax.set_ylabel("images / s (higher is better)")
+        ax.set_title("speed vs MACs"), ax.grid(alpha=0.3)
+        fig.tight_layout()
+        atomic_write(plot_path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+        plt.close(fig)

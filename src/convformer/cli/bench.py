@@ -1,0 +1,30 @@
+"""`convformer bench`: throughput, latency, training speed and %-of-peak, ours beside peers."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from ..bench.runner import format_table, run_benchmark, write_report
+from . import app
+
+
+@app.command()
+def bench(
+    specs: List[str] = typer.Argument(..., help="Candidates: NAME, NAME@fast, NAME@fast-bf16, NAME@compile, "
+                                                "timm:NAME[@compile|@bf16], onnx:NAME, onnx:timm:NAME."),
+    img_size: int = typer.Option(224, help="Input size."),
+    batch: int = typer.Option(32, help="Batch size for throughput."),
+    repeats: int = typer.Option(5, help="Timed runs per candidate (median reported)."),
+    warmup: int = typer.Option(2, help="Untimed warm-up runs."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads [default: PyTorch's]."),
+    train: bool = typer.Option(False, "--train", help="Also time training steps (eager candidates)."),
+    output: Optional[str] = typer.Option(None, help="Write JSON here (and a PNG beside it)."),
+):
+    """Measure candidates interleaved in one run; print a table, optionally write JSON + plot."""
+    report = run_benchmark(specs, img_size, batch, repeats, warmup, threads, train)
+    typer.echo(format_table(report))
+    if output:
+        png = output[:-5] + ".png" if output.endswith(".json") else output + ".png"
+        write_report(report, output, png)
+        typer.echo(f"wrote {output} and {png}")

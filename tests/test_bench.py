@@ -1,0 +1,38 @@
+"""The benchmark runner on a tiny input: every candidate kind runs and the report is consistent.
+(No timing thresholds: speed lives in benchmarks/.)"""
+import json
+
+import convformer
+from convformer.bench.measure import interleaved
+from convformer.bench.runner import format_table, run_benchmark, write_report
+from convformer.cli import main
+
+
+def test_interleaved_runs_in_round_robin_order():
+    calls = []
+    timings = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, repeats=3)
+    assert calls == ["a", "b"] + ["a", "b"] * 3  # warm-up each, then alternate
+    assert len(timings["a"].seconds) == 3 and timings["b"].median >= 0
+
+
+def test_runner_reports_every_candidate(tmp_path):
+    specs = ["convformer_nano", "convformer_nano@fast", "onnx:convformer_nano"]
+    report = run_benchmark(specs, img_size=32, batch=2, repeats=2, warmup=1, threads=1, train=True)
+    by_spec = {r["spec"]: r for r in report["results"]}
+    assert list(by_spec) == specs
+    card = convformer.model_card("convformer_nano")
+    for r in by_spec.values():
+        assert r["params"] == card.params and r["macs"] == card.macs  # same network, three runtimes
+        assert r["throughput"] > 0 and r["latency_ms"] > 0 and 0 < r["flops_fraction"] < 1.5
+    assert by_spec["convformer_nano"]["train_throughput"] > 0
+    assert "train_throughput" not in by_spec["onnx:convformer_nano"]
+    assert report["matmul_ceiling_gflops"] > 0
+    assert "convformer_nano@fast" in format_table(report)
+    write_report(report, tmp_path / "r.json", tmp_path / "r.png")
+    assert json.loads((tmp_path / "r.json").read_text())["settings"]["batch"] == 2
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unknown_variant_is_a_clear_error(capsys):
+    assert main(["bench", "convformer_nano@warp", "--img-size", "32", "--batch", "1"]) == 2
+    assert "unknown benchmark variant" in capsys.readouterr().err
