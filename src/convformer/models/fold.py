@@ -10,6 +10,13 @@ At inference every per-channel affine op that sits next to a linear layer can be
   multiply-add (``torch.addcmul``).
 What is left per block is: norm (no affine), the mixer, one fused residual op, norm, Linear, relu^2,
 Linear, one fused residual op. Outputs equal the unfolded model up to float rounding.
+
+On a CPU the remaining elementwise work (relu^2 over the 4x-wide MLP activations, the norms, the
+residual adds) is bound by memory traffic, not arithmetic. So in eager inference the MLP half of each
+block (and the pointwise parts of the separable-conv mixer) runs over the rows (pixels) in chunks small
+enough that the wide hidden activations stay in the CPU cache: norm -> Linear -> relu^2 in place ->
+Linear with the residual accumulated straight into the output. Rows are independent, so the result is
+the same; under autograd, tracing (ONNX export) or ``torch.compile`` the plain whole-tensor form is used.
 """
 from __future__ import annotations
 
@@ -21,6 +28,37 @@ from ..layers import Scale, SpatialChannelNorm, StarReLU
 from ..layers.norms import normalize_hwc
 from ..mixers import AttentionMixer, PoolingMixer, SepConvMixer
 from .metaformer import MetaFormer, MetaFormerBlock
+
+
+#: Target size in bytes of one chunk of hidden activations (tests lower it to force many chunks).
+CHUNK_BYTES = 2 ** 21
+
+
+def chunk_rows(hidden: int) -> int:
+    """Rows per chunk so that a (rows, hidden) float32 block is about CHUNK_BYTES."""
+    return max(64, CHUNK_BYTES // (4 * hidden))
+
+
+def _eager_inference(x: torch.Tensor) -> bool:
+    return not torch.is_grad_enabled() and not torch.jit.is_tracing() \
+        and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export() and x.is_contiguous()
+
+
+def _square_relu_(h: torch.Tensor, shift: float = 0.0) -> torch.Tensor:
+    h.relu_()
+    h.mul_(h)
+    return h.add_(shift) if shift != 0.0 else h
+
+
+def _residual_into(out: torch.Tensor, branch_in: torch.Tensor, weight: torch.Tensor, bias, skip: torch.Tensor,
+                   res_scale) -> None:
+    """out = skip * res_scale + (branch_in @ weight.T + bias), written into ``out``."""
+    if res_scale is None:
+        torch.addmm(skip, branch_in, weight.t(), out=out)
+    else:
+        torch.addmm(skip * res_scale, branch_in, weight.t(), out=out)
+    if bias is not None:
+        out.add_(bias)
 
 
 class ShiftedSquaredReLU(nn.Module):
@@ -124,12 +162,60 @@ class FoldedBlock(nn.Module):
         _fold_output_scale(mlp.fc2, ls2)
         self.fc1, self.fc2 = mlp.fc1, mlp.fc2
         self.res_scale2 = _res(block.res_scale2)
+        self.chunk_mlp = self.norm2.dims == 1
+        self.chunk_mixer = self.norm1.dims == 1 and isinstance(mixer, SepConvMixer) \
+            and isinstance(mixer.act1, ShiftedSquaredReLU)
+
+    def _act_(self, h: torch.Tensor) -> torch.Tensor:
+        return _square_relu_(h) if self.act is _relu_squared else self.act(h)
+
+    def _mlp_chunked(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[-1]
+        rows, out = x.reshape(-1, c), torch.empty_like(x)
+        flat = out.view(-1, c)
+        step = chunk_rows(self.fc1.out_features)
+        for i in range(0, rows.shape[0], step):
+            xi = rows[i:i + step]
+            h = self._act_(F.linear(F.layer_norm(xi, (c,), eps=self.norm2.eps), self.fc1.weight, self.fc1.bias))
+            _residual_into(flat[i:i + step], h, self.fc2.weight, self.fc2.bias, xi, self.res_scale2)
+        return out
+
+    def _sepconv_chunked(self, x: torch.Tensor) -> torch.Tensor:
+        mixer = self.token_mixer
+        b, hh, ww, c = x.shape
+        rows = x.reshape(-1, c)
+        hidden = rows.new_empty(rows.shape[0], mixer.pwconv1.out_features)
+        step = chunk_rows(hidden.shape[1])
+        for i in range(0, rows.shape[0], step):
+            hi = hidden[i:i + step]
+            normed = F.layer_norm(rows[i:i + step], (c,), eps=self.norm1.eps)
+            if mixer.pwconv1.bias is None:
+                torch.mm(normed, mixer.pwconv1.weight.t(), out=hi)
+            else:
+                torch.addmm(mixer.pwconv1.bias, normed, mixer.pwconv1.weight.t(), out=hi)
+            _square_relu_(hi, mixer.act1.shift)
+        conv = mixer.dwconv(hidden.view(b, hh, ww, -1).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        conv_rows = conv.reshape(-1, conv.shape[-1])  # a view when the conv kept channels-last
+        out = torch.empty_like(x)
+        flat = out.view(-1, c)
+        for i in range(0, rows.shape[0], step):
+            _residual_into(flat[i:i + step], conv_rows[i:i + step], mixer.pwconv2.weight, mixer.pwconv2.bias,
+                           rows[i:i + step], self.res_scale1)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _eager_inference(x):
+            x = self._sepconv_chunked(x) if self.chunk_mixer else self._mixer_half(x)
+            return self._mlp_chunked(x) if self.chunk_mlp else self._mlp_half(x)
+        return self._mlp_half(self._mixer_half(x))
+
+    def _mixer_half(self, x: torch.Tensor) -> torch.Tensor:
         y = self.token_mixer(self.norm1(x))
         if self.post_scale is not None:
             y = torch.addcmul(self.post_bias, y, self.post_scale)
-        x = y + x if self.res_scale1 is None else torch.addcmul(y, x, self.res_scale1)
+        return y + x if self.res_scale1 is None else torch.addcmul(y, x, self.res_scale1)
+
+    def _mlp_half(self, x: torch.Tensor) -> torch.Tensor:
         y = self.fc2(self.act(self.fc1(self.norm2(x))))
         return y + x if self.res_scale2 is None else torch.addcmul(y, x, self.res_scale2)
 
