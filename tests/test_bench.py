@@ -36,3 +36,18 @@ def test_runner_reports_every_candidate(tmp_path):
 def test_unknown_variant_is_a_clear_error(capsys):
     assert main(["bench", "convformer_nano@warp", "--img-size", "32", "--batch", "1"]) == 2
     assert "unknown benchmark variant" in capsys.readouterr().err
+
+
+def test_peak_memory_is_measured_in_a_child_process_and_grows_with_batch():
+    from convformer.bench.memory import measure_peak_memory
+    small = measure_peak_memory("convformer_nano", img_size=64, batch=1, train=True, threads=1)
+    big = measure_peak_memory("convformer_nano", img_size=64, batch=64, train=True, threads=1)
+    assert small["exact"] and big["exact"]  # Linux: the peak counter was reset after building the model
+    # 64 samples of saved activations (tens of MB) must show up above a single sample's
+    assert big["peak_mb"] > small["peak_mb"] + 10
+
+
+def test_memory_of_a_broken_candidate_is_reported_not_raised():
+    from convformer.bench.memory import measure_peak_memory
+    out = measure_peak_memory("no_such_model", img_size=32, batch=1)
+    assert out["peak_mb"] != out["peak_mb"] and "no_such_model" in out["error"]  # NaN + the child's message

@@ -144,3 +144,21 @@ def test_image_folder_training_and_class_mismatch(tmp_path, capsys):
     Image.new("RGB", (40, 40), (0, 200, 0)).save(tmp_path / "data" / "val" / "green" / "0.png")
     assert main(["train", "--data", str(tmp_path / "data"), "--epochs", "1", "--output", str(tmp_path / "runs")]) == 2
     assert "class folders differ" in _one_line_error(capsys)
+
+
+def test_bf16_channels_last_checkpointed_training_learns_digits(tmp_path):
+    # one epoch: bf16 matmuls are slow on CPUs without AVX-512-BF16/AMX
+    code = main(["train", "--epochs", "1", "--warmup-epochs", "0.2", "--batch-size", "32", "--precision", "bf16",
+                 "--channels-last",
+                 "--grad-checkpointing", "--output", str(tmp_path), "--name", "b", "--quiet"])
+    assert code == 0
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert config["precision"] == "bf16" and config["channels_last"] and config["grad_checkpointing"]
+    rows = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert rows[-1]["val_top1"] > 30.0  # chance is 10%
+
+
+def test_unknown_precision_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "--precision", "fp8", "--output", str(tmp_path)]) == 2
+    assert "precision must be" in _one_line_error(capsys)
+    assert not any(tmp_path.iterdir())  # no run folder left behind

@@ -22,6 +22,7 @@ from ..optimize import optimize
 from ..registry import create_model, model_card
 from .counts import count_macs, count_params
 from .measure import interleaved, matmul_ceiling, training_step
+from .memory import measure_peak_memory
 
 
 def _peer_timm(name: str):
@@ -62,12 +63,17 @@ def build_candidate(spec: str, img_size: int, threads: int | None):
 
 
 def run_benchmark(specs: list[str], img_size: int = 224, batch: int = 32, repeats: int = 5, warmup: int = 2,
-                  threads: int | None = None, train: bool = False, latency: bool = True) -> dict:
+                  threads: int | None = None, train: bool = False, latency: bool = True, memory: bool = False,
+                  progress=None) -> dict:
+    """Measure every candidate, interleaved; ``memory`` adds peak memory measured in child processes
+    (compiled candidates are skipped there: compiling again per process would take minutes)."""
+    say = progress or (lambda msg: None)
     if threads:
         torch.set_num_threads(threads)
     ceiling = matmul_ceiling()
     cands = {}
     for spec in specs:
+        say(f"building {spec}")
         fn, model, name = build_candidate(spec, img_size, threads)
         macs = count_macs(model, (3, img_size, img_size))
         cands[spec] = dict(fn=fn, model=model, name=name, macs=macs, params=count_params(model))
@@ -75,6 +81,7 @@ def run_benchmark(specs: list[str], img_size: int = 224, batch: int = 32, repeat
     x1 = x[:1].clone()
     results = {spec: {"spec": spec, "model": c["name"], "params": c["params"], "macs": c["macs"]}
                for spec, c in cands.items()}
+    say(f"timing {len(cands)} candidates, {repeats} interleaved rounds")
     with torch.inference_mode():
         thr = interleaved({s: (lambda c=c: c["fn"](x)) for s, c in cands.items()}, warmup, repeats)
         lat = interleaved({s: (lambda c=c: c["fn"](x1)) for s, c in cands.items()}, warmup, repeats) if latency else {}
@@ -90,8 +97,17 @@ def run_benchmark(specs: list[str], img_size: int = 224, batch: int = 32, repeat
             if spec.startswith("onnx:") or "@" in spec:
                 continue  # training is measured on the eager models
             steps[spec] = training_step(c["model"], x, 1000)
+        say(f"timing training steps of {len(steps)} candidates")
         for spec, timing in interleaved(steps, 1, max(2, repeats // 2)).items():
             results[spec]["train_throughput"] = batch / timing.median
+    if memory:
+        for spec in cands:
+            if spec.endswith("@compile"):
+                continue
+            say(f"peak memory of {spec}")
+            results[spec]["peak_mb"] = measure_peak_memory(spec, img_size, batch, False, threads)["peak_mb"]
+            if train and "train_throughput" in results[spec]:
+                results[spec]["train_peak_mb"] = measure_peak_memory(spec, img_size, batch, True, threads)["peak_mb"]
     return {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                         "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__},
             "settings": {"img_size": img_size, "batch": batch, "repeats": repeats, "warmup": warmup},
@@ -100,12 +116,15 @@ def run_benchmark(specs: list[str], img_size: int = 224, batch: int = 32, repeat
 
 def format_table(report: dict) -> str:
     rows = [f"{'candidate':<32}{'params M':>9}{'GMACs':>7}{'img/s':>9}{'spread':>16}{'b1 ms':>8}"
-            f"{'%peak':>7}{'train img/s':>12}"]
+            f"{'%peak':>7}{'MB':>7}{'train img/s':>12}{'train MB':>9}"]
     for r in report["results"]:
         lo, hi = r["throughput_spread"]
         rows.append(f"{r['spec']:<32}{r['params'] / 1e6:>9.2f}{r['macs'] / 1e9:>7.2f}{r['throughput']:>9.1f}"
                     f"{f'{lo:.1f}-{hi:.1f}':>16}{r.get('latency_ms', float('nan')):>8.1f}"
-                    f"{100 * r['flops_fraction']:>7.1f}{r.get('train_throughput', float('nan')):>12.1f}")
+                    f"{100 * r['flops_fraction']:>7.1f}{r.get('peak_mb', float('nan')):>7.0f}"
+                    f"{r.get('train_throughput', float('nan')):>12.1f}{r.get('train_peak_mb', float('nan')):>9.0f}")
+    rows.append("img/s: batch throughput (median; spread = slowest..fastest run); b1 ms: batch-1 latency; %peak: "
+                "achieved FLOP/s / matmul ceiling; MB: peak memory added by the run (own process)")
     rows.append(f"matmul ceiling {report['matmul_ceiling_gflops']:.0f} GFLOP/s fp32; "
                 f"{report['machine']['threads']} threads; {report['settings']}")
     return "\n".join(rows)

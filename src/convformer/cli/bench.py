@@ -19,10 +19,13 @@ def bench(
     warmup: int = typer.Option(2, help="Untimed warm-up runs."),
     threads: Optional[int] = typer.Option(None, help="CPU threads [default: PyTorch's]."),
     train: bool = typer.Option(False, "--train", help="Also time training steps (eager candidates)."),
+    memory: bool = typer.Option(True, "--memory/--no-memory",
+                                help="Measure peak memory (each candidate in its own process)."),
     output: Optional[str] = typer.Option(None, help="Write JSON here (and a PNG beside it)."),
 ):
     """Measure candidates interleaved in one run; print a table, optionally write JSON + plot."""
-    report = run_benchmark(specs, img_size, batch, repeats, warmup, threads, train)
+    report = run_benchmark(specs, img_size, batch, repeats, warmup, threads, train, memory=memory,
+                           progress=lambda msg: typer.echo(f"... {msg}", err=True))
     typer.echo(format_table(report))
     if output:
         png = output[:-5] + ".png" if output.endswith(".json") else output + ".png"

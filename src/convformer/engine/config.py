@@ -23,6 +23,9 @@ class TrainConfig:
     label_smoothing: float = 0.1
     drop_path_rate: float = 0.05
     grad_clip: Optional[float] = None
+    precision: str = "fp32"              # "fp32" or "bf16" (autocast; weights and optimizer stay fp32)
+    channels_last: bool = False          # feed images in channels-last memory format
+    grad_checkpointing: bool = False     # recompute block activations in backward to save memory
     pretrained: Optional[str] = None     # weight file or tag to fine-tune from (new head if classes differ)
     seed: int = 0
     workers: int = 0

@@ -75,6 +75,10 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
     model = create_model(cfg.model, pretrained=cfg.pretrained or False, num_classes=len(data.classes),
                          img_size=img_size, drop_path_rate=cfg.drop_path_rate).to(device)
 
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ConvformerError(f"precision must be 'fp32' or 'bf16', got {cfg.precision!r}")
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
     folder = run_folder(cfg)
     resolved = {**config_dict(cfg), "img_size": img_size, "classes": data.classes,
                 "torch": torch.__version__, "device": str(device)}
@@ -103,8 +107,11 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress)
         for images, target in bar:
             images, target = images.to(device), target.to(device)
-            logits = model(images)
-            loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                logits = model(images)
+                loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
             if not torch.isfinite(loss):
                 raise ConvformerError(f"loss became {loss.item()} at epoch {epoch}, step {step}; the last "
                                       f"good checkpoint is kept in {folder} (try a lower --lr)")

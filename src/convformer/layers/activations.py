@@ -2,6 +2,17 @@
 
 StarReLU, ``s * relu(x)**2 + b``, keeps the cheapness of ReLU while its learnable scalar scale and bias
 undo the distribution shift of the squared ReLU; SquaredReLU is the plain square used in the MLP head.
+
+Training uses a fused StarReLU (:class:`StarReLUFunction`) with a hand-written backward. Written as four
+autograd ops (relu, square, mul, add), StarReLU keeps two full-size tensors alive for the backward pass
+(relu(x) and relu(x)**2) and spends about seven memory passes on its gradient. The fused form keeps only
+``r = relu(x)`` and derives everything from it:
+
+    d out / d x = 2 s r   (r is zero wherever x <= 0, so the ReLU mask comes for free)
+    d out / d s = r**2,   d out / d b = 1
+
+which halves the memory StarReLU holds and takes four passes in the backward. Results are identical
+up to float rounding (tested against the plain form and against timm).
 """
 import torch
 from torch import nn
@@ -15,6 +26,42 @@ class SquaredReLU(nn.Module):
         return torch.square(F.relu(x))
 
 
+def _reduce_to(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return grad.reshape(like.shape).to(like.dtype)
+
+
+class StarReLUFunction(torch.autograd.Function):
+    """s * relu(x)**2 + b for scalar (shape (1,)) s and b, saving only relu(x) for the backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        r = F.relu(x)
+        ctx.save_for_backward(r, scale, bias)
+        return torch.addcmul(bias.to(r.dtype), r * scale.to(r.dtype), r)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        r, scale, bias = ctx.saved_tensors
+        grad_x = grad_s = grad_b = None
+        gr = grad * r
+        if ctx.needs_input_grad[1]:
+            # sum(grad * r * r), accumulated in float32 even when the activations are bf16/fp16
+            grad_s = _reduce_to(torch.dot(gr.reshape(-1).float(), r.reshape(-1).float()), scale)
+        if ctx.needs_input_grad[2]:
+            grad_b = _reduce_to(grad.sum(dtype=torch.float32), bias)
+        if ctx.needs_input_grad[0]:
+            grad_x = gr.mul_(2 * scale.to(gr.dtype))
+        return grad_x, grad_s, grad_b
+
+
+def star_relu(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """StarReLU; the fused autograd form whenever a gradient is needed, the plain form otherwise."""
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or bias.requires_grad)
+    if needs_grad and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
+        return StarReLUFunction.apply(x, scale, bias)
+    return scale * torch.square(F.relu(x)) + bias
+
+
 class StarReLU(nn.Module):
     """s * relu(x) ** 2 + b with learnable scalars s (init 1) and b (init 0), one pair per instance."""
 
@@ -24,4 +71,4 @@ class StarReLU(nn.Module):
         self.bias = nn.Parameter(torch.full((1,), float(bias)), requires_grad=learnable)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * torch.square(F.relu(x)) + self.bias
+        return star_relu(x, self.scale, self.bias)
