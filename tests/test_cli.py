@@ -43,6 +43,10 @@ def test_eval_reproduces_the_training_accuracy(digits_run, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["count"] == 360
     assert result["top1"] == pytest.approx(rows[-1]["val_top1"], abs=1e-3)
+    assert main(["eval", str(digits_run / "last.safetensors"), "--json", "--fast"]) == 0
+    fast = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert fast["fast"] and fast["top1"] == pytest.approx(result["top1"], abs=0.3)  # at most one image flips
+    assert fast["loss"] == pytest.approx(result["loss"], rel=1e-4)
 
 
 def test_predict_labels_digit_images(digits_run, tmp_path, capsys):
@@ -58,6 +62,11 @@ def test_predict_labels_digit_images(digits_run, tmp_path, capsys):
     top1 = [int(r["top"][0]["label"]) for r in results]
     assert sum(p == int(t) for p, t in zip(top1, labels[:20])) >= 12
     assert all(abs(sum(p["prob"] for p in r["top"]) - 1) < 0.2 or r["top"][0]["prob"] > 0.3 for r in results)
+    assert main(["predict", *paths, "--weights", str(digits_run / "best.safetensors"), "--json", "--fast"]) == 0
+    fast = json.loads(capsys.readouterr().out)
+    for a, b in zip(results, fast):
+        assert [p["index"] for p in a["top"]][:1] == [p["index"] for p in b["top"]][:1]
+        assert a["top"][0]["prob"] == pytest.approx(b["top"][0]["prob"], abs=1e-3)
 
 
 def test_imagenet_class_names_offline():

@@ -11,6 +11,7 @@ from ..data import build_image_data
 from ..engine import EvalConfig, build_config, evaluate
 from ..engine.evaluate import resolve_device
 from ..errors import ConvformerError
+from ..optimize import optimize
 from ..registry import create_model, model_card
 from ..weights import load_weights, read_state_dict
 from . import app
@@ -31,6 +32,14 @@ def model_from_weights(weights: str, model_name: Optional[str] = None, img_size:
     return model.eval(), meta
 
 
+def preprocessing(net, meta: dict) -> dict:
+    """Eval-time preprocessing: mean/std recorded in the weight file win over the model card's."""
+    pre = net.model_card.preprocessing
+    return {"mean": json.loads(meta["mean"]) if "mean" in meta else pre.get("mean"),
+            "std": json.loads(meta["std"]) if "std" in meta else pre.get("std"),
+            "crop_pct": pre.get("crop_pct", 1.0), "interpolation": pre.get("interpolation", "bicubic")}
+
+
 def _classes_in(state: dict) -> int:
     for key in ("head.fc.fc2.bias", "head.fc.bias", "head.fc2.bias", "head.bias"):
         if key in state:
@@ -49,25 +58,25 @@ def evaluate_cmd(
     device: Optional[str] = typer.Option(None, help="cpu, cuda ... [default: auto]."),
     config: Optional[str] = typer.Option(None, help="YAML/JSON file of options."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    fast: bool = typer.Option(False, "--fast", help="Run the folded inference model (convformer.optimize)."),
 ):
     """Report loss, top-1 and top-5 accuracy."""
-    flags = {k: v for k, v in locals().items() if k not in ("config", "as_json")}
+    flags = {k: v for k, v in locals().items() if k not in ("config", "as_json", "fast")}
     cfg = build_config(EvalConfig, config, **flags)
     net, meta = model_from_weights(cfg.weights, cfg.model, cfg.img_size)
     size = net.cfg.img_size
-    pre = net.model_card.preprocessing
-    mean = json.loads(meta["mean"]) if "mean" in meta else pre.get("mean")
-    std = json.loads(meta["std"]) if "std" in meta else pre.get("std")
-    data_set = build_image_data(cfg.data, size, mean, std, pre.get("crop_pct", 1.0),
-                                pre.get("interpolation", "bicubic"), need_train=False)
+    pre = preprocessing(net, meta)
+    data_set = build_image_data(cfg.data, size, pre["mean"], pre["std"], pre["crop_pct"], pre["interpolation"],
+                                need_train=False)
     if net.num_classes != len(data_set.classes):
         raise ConvformerError(f"the weights predict {net.num_classes} classes but {cfg.data} has "
                               f"{len(data_set.classes)}; evaluate on the data the model was trained for")
     device = resolve_device(cfg.device)
     loader = DataLoader(data_set.val, batch_size=cfg.batch_size, num_workers=cfg.workers)
-    result = evaluate(net.to(device), loader, device, progress=True)
+    runner = optimize(net.to(device)) if fast else net.to(device)
+    result = evaluate(runner, loader, device, progress=True)
     if as_json:
-        typer.echo(json.dumps({"model": net.model_card.name, "data": cfg.data, **result}))
+        typer.echo(json.dumps({"model": net.model_card.name, "data": cfg.data, "fast": fast, **result}))
     else:
         typer.echo(f"{net.model_card.name} on {cfg.data}: top-1 {result['top1']:.2f}%  top-5 "
                    f"{result['top5']:.2f}%  loss {result['loss']:.4f}  ({result['count']} images)")

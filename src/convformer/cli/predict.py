@@ -12,7 +12,8 @@ from ..data import eval_transform, open_image
 from ..errors import ConvformerError
 from ..registry import create_model
 from . import app
-from .evaluate import model_from_weights
+from ..optimize import optimize
+from .evaluate import model_from_weights, preprocessing
 
 
 def imagenet_classes() -> list[str]:
@@ -36,6 +37,7 @@ def predict(
     model: Optional[str] = typer.Option(None, help="Model name [default: from the weight file]."),
     top: int = typer.Option(5, help="How many labels per image."),
     as_json: bool = typer.Option(False, "--json", help="Print predictions as JSON."),
+    fast: bool = typer.Option(False, "--fast", help="Run the folded inference model (convformer.optimize)."),
 ):
     """Print the top labels with probabilities for each image."""
     if weights:
@@ -44,16 +46,13 @@ def predict(
         net, meta = create_model(model, pretrained=True).eval(), {}
     else:
         raise ConvformerError("pass --weights FILE (and --model NAME if the file does not record it)")
-    card = net.model_card
-    pre = card.preprocessing
-    mean = json.loads(meta["mean"]) if "mean" in meta else pre["mean"]
-    std = json.loads(meta["std"]) if "std" in meta else pre["std"]
-    transform = eval_transform(net.cfg.img_size, mean, std, pre.get("crop_pct", 1.0),
-                               pre.get("interpolation", "bicubic"))
+    pre = preprocessing(net, meta)
+    transform = eval_transform(net.cfg.img_size, pre["mean"], pre["std"], pre["crop_pct"], pre["interpolation"])
     names = class_names(meta, net.num_classes)
     batch = torch.stack([transform(open_image(p)) for p in images])  # every file read before any output
-    with torch.no_grad():
-        probs = net(batch).softmax(dim=1)
+    runner = optimize(net) if fast else net
+    with torch.inference_mode():
+        probs = runner(batch).softmax(dim=1)
     k = min(top, probs.shape[1])
     values, indices = probs.topk(k, dim=1)
     results = []
