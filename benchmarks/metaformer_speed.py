@@ -14,7 +14,36 @@ VARIANTS = ["{m}", "{m}@fast", "{m}@fast-bf16", "{m}@compile", "timm:{m}", "timm
             "onnx:{m}", "onnx:timm:{m}"]
 
 
-def main() -> None:
+def ratios(report: dict) -> str:
+    """The issue's targets as ratios against the peers, per model."""
+    by = {r["spec"]: r for r in report["results"]}
+    lines = []
+    for m in sorted({r["model"] for r in report["results"]}):
+        def get(spec, key):
+            return by.get(spec, {}).get(key, float("nan"))
+        ours_fp32 = max(get(f"{m}@fast", "throughput"), get(f"{m}@compile", "throughput"))
+        best_lat = min(get(f"{m}@fast", "latency_ms"), get(f"{m}@compile", "latency_ms"))
+        lines += [f"{m}:",
+                  f"  fp32 b{report['settings']['batch']} best ours / timm eager     "
+                  f"{ours_fp32 / get(f'timm:{m}', 'throughput'):.2f}x (target >= 2.0)",
+                  f"  best ours / timm compiled              {ours_fp32 / get(f'timm:{m}@compile', 'throughput'):.2f}x "
+                  "(target > 1)",
+                  f"  best ours / onnxruntime(timm export)   {ours_fp32 / get(f'onnx:timm:{m}', 'throughput'):.2f}x "
+                  "(target > 1)",
+                  f"  b1 latency best ours / timm eager      {best_lat / get(f'timm:{m}', 'latency_ms'):.2f}x "
+                  "(target <= 0.6)",
+                  f"  bf16 ours / timm bf16 autocast         "
+                  f"{get(f'{m}@fast-bf16', 'throughput') / get(f'timm:{m}@bf16', 'throughput'):.2f}x (target >= 2.0)",
+                  f"  train ours / timm eager                "
+                  f"{get(m, 'train_throughput') / get(f'timm:{m}', 'train_throughput'):.2f}x (target >= 1.4), "
+                  f"peak memory {get(m, 'train_peak_mb'):.0f} vs {get(f'timm:{m}', 'train_peak_mb'):.0f} MB",
+                  f"  achieved fp32 FLOP/s, best ours        "
+                  f"{100 * max(get(f'{m}@fast', 'flops_fraction'), get(f'{m}@compile', 'flops_fraction')):.0f}% "
+                  "of the matmul ceiling (target >= 60%)"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["convformer_s18", "caformer_s18"])
     parser.add_argument("--img-size", type=int, default=224)
@@ -22,11 +51,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-train", action="store_true", help="skip the training-step timing")
+    parser.add_argument("--variants", nargs="+", default=VARIANTS,
+                        help="spec templates, {m} = model (default: all nine of the issue's table)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "metaformer_speed.json"))
-    args = parser.parse_args()
-    specs = [v.format(m=m) for m in args.models for v in VARIANTS]
-    report = run_benchmark(specs, args.img_size, args.batch, args.repeats, 2, args.threads, not args.no_train)
-    print(format_table(report))
+    args = parser.parse_args(argv)
+    specs = [v.format(m=m) for m in args.models for v in args.variants]
+    report = run_benchmark(specs, args.img_size, args.batch, args.repeats, 2, args.threads, not args.no_train,
+                           memory=not args.no_memory, progress=lambda msg: print(f"... {msg}", flush=True))
+    table = format_table(report)
+    print(table)
+    print(ratios(report))
+    report["ratios"] = ratios(report)
     write_report(report, args.output, args.output[:-5] + ".png")
     print(f"wrote {args.output}")
 

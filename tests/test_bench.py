@@ -51,3 +51,24 @@ def test_memory_of_a_broken_candidate_is_reported_not_raised():
     from convformer.bench.memory import measure_peak_memory
     out = measure_peak_memory("no_such_model", img_size=32, batch=1)
     assert out["peak_mb"] != out["peak_mb"] and "no_such_model" in out["error"]  # NaN + the child's message
+
+
+def test_benchmark_script_runs_on_a_tiny_input_and_reports_the_target_ratios(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).parents[1] / "benchmarks" / "metaformer_speed.py"
+    spec = importlib.util.spec_from_file_location("metaformer_speed", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "speed.json"
+    script.main(["--models", "convformer_s18", "--img-size", "32", "--batch", "2", "--repeats", "1", "--threads", "1",
+                 "--variants", "{m}", "{m}@fast", "timm:{m}", "onnx:timm:{m}", "--no-memory", "--output", str(out)])
+    report = json.loads(out.read_text())
+    assert [r["spec"] for r in report["results"]] == ["convformer_s18", "convformer_s18@fast", "timm:convformer_s18",
+                                                     "onnx:timm:convformer_s18"]
+    by = {r["spec"]: r for r in report["results"]}
+    assert by["convformer_s18"]["train_throughput"] > 0 and by["timm:convformer_s18"]["train_throughput"] > 0
+    assert by["convformer_s18"]["macs"] == by["timm:convformer_s18"]["macs"]  # same network counted alike
+    printed = capsys.readouterr().out
+    assert "best ours / timm eager" in printed and "target >= 2.0" in printed
+    assert (tmp_path / "speed.png").read_bytes()[:4] == b"\x89PNG"
