@@ -1,4 +1,8 @@
-"""`convformer train`: train a model (default: a small ConvFormer on the bundled digits)."""
+"""`convformer train`: train a model (default: a small ConvFormer on the bundled digits).
+
+Several processes: ``torchrun --nproc_per_node N --no-python convformer train ...`` (or
+``torchrun ... -m convformer train ...``); --batch-size is per process.
+"""
 from __future__ import annotations
 
 from typing import Optional
@@ -6,29 +10,52 @@ from typing import Optional
 import typer
 
 from ..engine import TrainConfig, build_config
+from ..engine.presets import PRESETS
 from ..engine.train import train as run_training
 from . import app
+
+_PRESET_HELP = "Recipe: " + "; ".join(f"{k} ({v})" for k, v in PRESETS.items()) + "."
 
 
 @app.command()
 def train(
     model: Optional[str] = typer.Option(None, help="Registered model name [default: convformer_nano]."),
     data: Optional[str] = typer.Option(None, help="'digits' (built in) or a folder with train/ and val/."),
+    preset: Optional[str] = typer.Option(None, help=_PRESET_HELP),
     img_size: Optional[int] = typer.Option(None, help="Input size [default: 32 for digits, else the card's]."),
     epochs: Optional[int] = typer.Option(None, help="Epochs [default: 30]."),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size [default: 64]."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size per process [default: 64]."),
+    accum_steps: Optional[int] = typer.Option(None, help="Gradient accumulation micro-batches [default: 1]."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: 2e-3]."),
-    weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay [default: 0.05]."),
+    lr_base_batch: Optional[int] = typer.Option(None, help="--lr is for this global batch; scale linearly."),
+    optimizer: Optional[str] = typer.Option(None, help="adamw or lamb [default: adamw]."),
+    weight_decay: Optional[float] = typer.Option(None, help="Weight decay (not on norms/biases/scales) [0.05]."),
     warmup_epochs: Optional[float] = typer.Option(None, help="Linear warm-up epochs [default: 3]."),
+    min_lr: Optional[float] = typer.Option(None, help="Final learning rate of the cosine [default: 1e-5]."),
     label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing [default: 0.1]."),
+    mixup: Optional[float] = typer.Option(None, help="Mixup alpha (0 = off) [default: 0]."),
+    cutmix: Optional[float] = typer.Option(None, help="CutMix alpha (0 = off) [default: 0]."),
+    randaugment: Optional[str] = typer.Option(None, help="timm RandAugment policy, e.g. rand-m9-mstd0.5-inc1."),
+    random_erasing: Optional[float] = typer.Option(None, help="Random-erasing probability [default: 0]."),
     drop_path_rate: Optional[float] = typer.Option(None, help="Stochastic depth rate [default: 0.05]."),
+    head_dropout: Optional[float] = typer.Option(None, help="Dropout before the classifier [default: 0]."),
+    ema_decay: Optional[float] = typer.Option(None, help="Keep an EMA of the weights (e.g. 0.9998)."),
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value."),
-    precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (autocast) [default: fp32]."),
+    precision: Optional[str] = typer.Option(None, help="fp32, bf16 or fp16 (autocast) [default: fp32]."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
                                                  help="Channels-last input memory format."),
     grad_checkpointing: Optional[bool] = typer.Option(None, "--grad-checkpointing/--no-grad-checkpointing",
                                                       help="Recompute activations in backward (less memory)."),
-    pretrained: Optional[str] = typer.Option(None, help="Weights to start from (file or card tag)."),
+    pretrained: Optional[str] = typer.Option(None, help="Weights to start from (file or card tag); the head is "
+                                                        "replaced when the class count differs."),
+    num_classes: Optional[int] = typer.Option(None, help="Classes of the new head (checked against the data)."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Also checkpoint every N steps [default: epochs]."),
+    resume: Optional[str] = typer.Option(None, help="Continue the run in this folder exactly where it stopped."),
+    skip_nonfinite: Optional[bool] = typer.Option(None, "--skip-nonfinite", help="Skip NaN/Inf-loss steps."),
+    skip_bad_images: Optional[bool] = typer.Option(None, "--skip-bad-images",
+                                                   help="Drop unreadable images with a warning."),
+    deterministic: Optional[bool] = typer.Option(None, "--deterministic", help="Deterministic algorithms."),
+    tensorboard: Optional[bool] = typer.Option(None, "--tensorboard", help="Write TensorBoard event files."),
     seed: Optional[int] = typer.Option(None, help="Random seed [default: 0]."),
     workers: Optional[int] = typer.Option(None, help="Data-loader worker processes [default: 0]."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch."),
@@ -41,8 +68,12 @@ def train(
     """Train a classifier; writes config, metrics, curves and checkpoints to a run folder."""
     flags = {k: v for k, v in locals().items() if k not in ("config", "quiet")}
     cfg = build_config(TrainConfig, config, **flags)
-    result = run_training(cfg, progress=not quiet)
+    given = {k for k, v in flags.items() if v is not None}
+    result = run_training(cfg, progress=not quiet, given=given)
+    if result.get("val_top1") is None or not result["main"]:
+        return
+    ema = f", EMA {result['ema_val_top1']:.2f}%" if result.get("ema_val_top1") is not None else ""
     typer.echo(f"{cfg.model} on {cfg.data}: test top-1 {result['val_top1']:.2f}% "
-               f"(best {result['best_top1']:.2f}%, top-5 {result['val_top5']:.2f}%, "
+               f"(best {result['best_top1']:.2f}%, top-5 {result['val_top5']:.2f}%{ema}, "
                f"{result['val_count']} images) after {result['epochs']} epochs in {result['seconds']:.0f}s")
     typer.echo(f"run folder: {result['folder']}")

@@ -22,11 +22,14 @@ class ImageData:
 
 
 def build_image_data(data: str, img_size: int, mean=None, std=None, crop_pct: float = 1.0,
-                     interpolation: str = "bicubic", need_train: bool = True) -> ImageData:
-    """``data`` is "digits" or a folder with ``train/`` and ``val/`` sub-folders (ImageFolder style)."""
+                     interpolation: str = "bicubic", need_train: bool = True, randaugment: str | None = None,
+                     random_erasing: float = 0.0, scan: bool = False, skip_bad_images: bool = False,
+                     progress: bool = True) -> ImageData:
+    """``data`` is "digits" or a folder with ``train/`` and ``val/`` sub-folders (ImageFolder style).
+    ``scan`` checks every file opens as an image before training (see :mod:`.scan`)."""
     if data == "digits":
         tr_x, tr_y, te_x, te_y = load_digits_tensors(img_size)
-        train = DigitsDataset(tr_x, tr_y, train=True) if need_train else None
+        train = DigitsDataset(tr_x, tr_y, train=True, erasing=random_erasing) if need_train else None
         return ImageData(train, DigitsDataset(te_x, te_y, train=False), DIGIT_CLASSES, DIGITS_MEAN, DIGITS_STD)
     root = Path(data)
     if not root.is_dir():
@@ -41,10 +44,15 @@ def build_image_data(data: str, img_size: int, mean=None, std=None, crop_pct: fl
     if need_train:
         if not (root / "train").is_dir():
             raise ConvformerError(f"{root} needs a train/ sub-folder of class folders")
-        train = image_folder(root / "train", train_transform(img_size, mean, std, interpolation))
+        train = image_folder(root / "train", train_transform(img_size, mean, std, interpolation, randaugment,
+                                                             random_erasing))
         if train.classes != val.classes:
             raise ConvformerError(f"class folders differ between {root / 'train'} and {val_dir}: "
                                   f"{sorted(set(train.classes) ^ set(val.classes))[:5]}")
+        if scan:
+            from .scan import check_image_folder
+            check_image_folder(train, skip_bad_images, progress)
+            check_image_folder(val, skip_bad_images, progress)
     return ImageData(train, val, list(val.classes), tuple(mean), tuple(std))
 
 

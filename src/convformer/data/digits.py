@@ -33,11 +33,12 @@ def load_digits_tensors(img_size: int = 32) -> tuple[torch.Tensor, torch.Tensor,
 class DigitsDataset(Dataset):
     """Digits as normalised tensors; ``train=True`` adds small random shifts, rotations and scalings."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, train: bool):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, train: bool, erasing: float = 0.0):
         from torchvision.transforms import v2
         self.images, self.labels = images, labels
         self.normalize = v2.Normalize(MEAN, STD)
         self.augment = v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)) if train else None
+        self.erase = v2.RandomErasing(p=erasing, value=0) if train and erasing > 0 else None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -46,4 +47,5 @@ class DigitsDataset(Dataset):
         x = self.images[i]
         if self.augment is not None:
             x = self.augment(x)
-        return self.normalize(x), self.labels[i]
+        x = self.normalize(x)
+        return (self.erase(x) if self.erase is not None else x), self.labels[i]

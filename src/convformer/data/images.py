@@ -28,7 +28,14 @@ def eval_transform(size: int, mean, std, crop_pct: float = 1.0, interpolation: s
                        v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
 
-def train_transform(size: int, mean, std, interpolation: str = "bicubic"):
+def train_transform(size: int, mean, std, interpolation: str = "bicubic", randaugment: str | None = None,
+                    random_erasing: float = 0.0):
+    """RandomResizedCrop + flip; with ``randaugment`` (a timm policy string such as
+    "rand-m9-mstd0.5-inc1") or ``random_erasing`` > 0, timm's ImageNet training transform."""
+    if randaugment or random_erasing > 0:
+        from timm.data import create_transform
+        return create_transform(size, is_training=True, auto_augment=randaugment, re_prob=random_erasing,
+                                re_mode="pixel", interpolation=interpolation, mean=tuple(mean), std=tuple(std))
     from torchvision.transforms import v2
     return v2.Compose([v2.ToImage(), v2.RandomResizedCrop(size, interpolation=_interp(interpolation), antialias=True),
                        v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
@@ -54,6 +61,12 @@ def image_folder(root: str | Path, transform):
     root = Path(root)
     if not root.is_dir():
         raise ConvformerError(f"data folder not found: {root}")
+    classes = sorted(d for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise ConvformerError(f"{root} has no class folders (expected one sub-folder of images per class)")
+    for d in classes:
+        if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.rglob("*") if f.is_file()):
+            raise ConvformerError(f"class folder {d} has no image files; add images or remove the folder")
     try:
         return ImageFolder(str(root), transform=transform, loader=open_image)
     except (FileNotFoundError, RuntimeError) as err:

@@ -23,9 +23,26 @@ class TrainConfig:
     label_smoothing: float = 0.1
     drop_path_rate: float = 0.05
     grad_clip: Optional[float] = None
-    precision: str = "fp32"              # "fp32" or "bf16" (autocast; weights and optimizer stay fp32)
+    precision: str = "fp32"              # "fp32", "bf16" (autocast) or "fp16" (autocast + loss scaling)
     channels_last: bool = False          # feed images in channels-last memory format
     grad_checkpointing: bool = False     # recompute block activations in backward to save memory
+    optimizer: str = "adamw"             # "adamw" or "lamb"
+    lr_base_batch: Optional[int] = None  # lr is for this global batch; scaled linearly to the real one
+    accum_steps: int = 1                 # micro-batches per optimizer step (gradient accumulation)
+    ema_decay: Optional[float] = None    # EMA of weights (e.g. 0.9998), evaluated beside the raw weights
+    mixup: float = 0.0                   # Mixup alpha (0 = off)
+    cutmix: float = 0.0                  # CutMix alpha (0 = off)
+    randaugment: Optional[str] = None    # timm RandAugment policy, e.g. "rand-m9-mstd0.5-inc1" (image folders)
+    random_erasing: float = 0.0          # random-erasing probability
+    head_dropout: float = 0.0            # dropout before the classifier
+    num_classes: Optional[int] = None    # must match the data's classes; set it to say "new head" explicitly
+    checkpoint_every: int = 0            # also checkpoint every N optimizer steps (0: at epoch ends only)
+    resume: Optional[str] = None         # run folder (or its checkpoint.safetensors) to continue
+    skip_nonfinite: bool = False         # skip steps whose loss is NaN/Inf instead of stopping
+    skip_bad_images: bool = False        # drop unreadable images (with a warning) instead of stopping
+    deterministic: bool = False          # deterministic algorithms (bitwise-reproducible on CPU)
+    tensorboard: bool = False            # also write TensorBoard event files to the run folder
+    preset: Optional[str] = None         # a recipe from convformer.engine.presets (see --help)
     pretrained: Optional[str] = None     # weight file or tag to fine-tune from (new head if classes differ)
     seed: int = 0
     workers: int = 0
@@ -65,9 +82,12 @@ def load_config_file(path: str | Path) -> dict:
 
 
 def build_config(cls, config_file: str | None = None, **flags):
-    """Defaults, then the config file's values, then every flag that was given (not None)."""
+    """Defaults, then a preset's values (training), then the config file's, then every flag given."""
     values = load_config_file(config_file) if config_file else {}
     values.update({k: v for k, v in flags.items() if v is not None})
+    if values.get("preset"):
+        from .presets import preset_values
+        values = {**preset_values(values["preset"], values.get("model")), **values}
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:

@@ -1,21 +1,35 @@
-"""The training loop: AdamW, linear warm-up then cosine decay, label smoothing, a run folder.
+"""The training loop: one process or many (torchrun), resumable exactly, and safe with bad input.
 
-A run folder holds ``config.json`` (the resolved configuration), ``metrics.csv``/``metrics.json`` (one
-row per epoch), ``curves.png`` and the checkpoints ``last.safetensors`` and ``best.safetensors``; each
-file is written to a temporary name and renamed, so an interrupted run never leaves a broken file.
+A run folder holds ``config.json`` (the resolved configuration), ``env.json`` (versions, devices),
+``metrics.csv``/``metrics.json`` (one row per epoch), ``curves.png``, the weights ``last.safetensors``,
+``best.safetensors`` (and ``ema.safetensors`` with EMA), and ``checkpoint.safetensors``: the full
+training state (see :mod:`.state`). Every file is written to a temporary name and renamed, so a killed
+run never leaves a broken file and the last good checkpoint is never replaced by a partial one.
+
+Exact resume rests on one rule: nothing random depends on history. The data order is a function of
+(seed, epoch) (:mod:`.sampler`), each sample is augmented under its own seed, and the generator that
+drives stochastic depth, dropout and Mixup/CutMix is re-seeded from (seed, step, micro-batch, rank)
+before every micro-batch. A run killed at any step and resumed from its checkpoint replays the same
+computation and, on the CPU, ends with bit-identical weights.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
+import platform
 import random
+import sys
 import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from ..data import build_image_data
@@ -24,8 +38,15 @@ from ..registry import create_model, model_card
 from ..weights import save_weights
 from ..weights.io import atomic_write
 from .config import TrainConfig, config_dict
-from .evaluate import evaluate, resolve_device
+from .distributed import Dist, setup, teardown
+from .ema import ModelEma
+from .evaluate import evaluate
 from .metrics import MetricLog, topk_correct
+from .sampler import SeededDataset, StepBatches, mix_seed, seeded
+from .state import load_train_state, read_train_state, save_train_state
+
+# options that may differ when a run is resumed (they do not change the computation)
+RESUME_OVERRIDABLE = {"resume", "threads", "workers", "device", "output", "tensorboard"}
 
 
 def seed_everything(seed: int) -> None:
@@ -54,93 +75,291 @@ def run_folder(cfg: TrainConfig) -> Path:
     folder = Path(cfg.output) / name
     if folder.exists() and any(folder.iterdir()):
         raise ConvformerError(f"run folder {folder} already exists and is not empty; choose another "
-                              "--name or remove it")
-    folder.mkdir(parents=True, exist_ok=True)
+                              f"--name, remove it, or continue it with --resume {folder}")
     return folder
 
 
-def train(cfg: TrainConfig, progress: bool = True, log=print) -> dict:
-    """Train ``cfg.model`` on ``cfg.data``; returns the final metrics and the run folder."""
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, lr: float):
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if cfg.optimizer == "lamb":
+        from timm.optim import Lamb
+        return Lamb(groups, lr=lr)
+    raise ConvformerError(f"optimizer must be 'adamw' or 'lamb', got {cfg.optimizer!r}")
+
+
+def environment(device: torch.device, dist_: Dist) -> dict:
+    import timm
+    from .. import __version__
+    env = {"python": sys.version.split()[0], "platform": platform.platform(), "processor": platform.processor(),
+           "cpus": os.cpu_count(), "torch": torch.__version__, "timm": timm.__version__,
+           "convformer": __version__, "device": str(device), "world_size": dist_.world,
+           "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        env["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return env
+
+
+def _resume_config(cfg: TrainConfig, given: set[str]) -> tuple[TrainConfig, Path, dict, dict]:
+    """The saved configuration of the run being resumed (plus allowed overrides) and its checkpoint."""
+    tensors, meta = read_train_state(cfg.resume)
+    path = Path(cfg.resume)
+    folder = path if path.is_dir() else path.parent
+    saved_file = folder / "config.json"
+    if not saved_file.exists():
+        raise ConvformerError(f"{saved_file} is missing; a run folder written by `convformer train` is needed "
+                              "to resume")
+    saved = json.loads(saved_file.read_text())
+    known = {f.name for f in fields(TrainConfig)}
+    values = {k: v for k, v in saved.items() if k in known}
+    for key in given:
+        new = getattr(cfg, key)
+        if key in RESUME_OVERRIDABLE:
+            values[key] = new
+        elif key != "preset" and new != values.get(key):
+            what = "model" if key == "model" else f"--{key.replace('_', '-')}"
+            raise ConvformerError(f"cannot resume {folder} with {what}={new!r}: the checkpoint was trained with "
+                                  f"{values.get(key)!r} (a resumed run keeps its configuration)")
+    arch = meta.get("architecture")
+    if arch and arch != values["model"]:
+        raise ConvformerError(f"checkpoint {folder} holds a {arch}, not a {values['model']}")
+    values["resume"] = cfg.resume
+    return TrainConfig(**values), folder, tensors, meta
+
+
+def train(cfg: TrainConfig, progress: bool = True, log=print, given: set[str] | None = None) -> dict:
+    """Train ``cfg.model`` on ``cfg.data``; returns the final metrics and the run folder.
+
+    ``given`` names the options the user set explicitly (used to check a resume for conflicts)."""
+    dist_, device = setup(cfg.device)
+    try:
+        return _train(cfg, dist_, device, progress and dist_.main, log if dist_.main else (lambda *_: None),
+                      given or set())
+    finally:
+        teardown()
+
+
+def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, progress: bool, log, given: set[str]) -> dict:
+    resume_state = None
+    if cfg.resume:
+        cfg, folder, tensors, meta = _resume_config(cfg, given)
+        resume_state = (tensors, meta)
+    if cfg.precision not in ("fp32", "bf16", "fp16"):
+        raise ConvformerError(f"precision must be 'fp32', 'bf16' or 'fp16', got {cfg.precision!r}")
+    if cfg.accum_steps < 1 or cfg.batch_size < 1:
+        raise ConvformerError("--batch-size and --accum-steps must be at least 1")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(cfg.seed)
     card = model_card(cfg.model)
     img_size = cfg.img_size or (32 if cfg.data == "digits" else card.input_size[-1])
     pre = card.preprocessing
     data = build_image_data(cfg.data, img_size, mean=pre.get("mean"), std=pre.get("std"),
-                            crop_pct=pre.get("crop_pct", 1.0), interpolation=pre.get("interpolation", "bicubic"))
+                            crop_pct=pre.get("crop_pct", 1.0), interpolation=pre.get("interpolation", "bicubic"),
+                            randaugment=cfg.randaugment, random_erasing=cfg.random_erasing, scan=True,
+                            skip_bad_images=cfg.skip_bad_images, progress=progress)
     if len(data.train) == 0 or len(data.val) == 0:
         raise ConvformerError("the training or validation set is empty")
-    device = resolve_device(cfg.device)
-    model = create_model(cfg.model, pretrained=cfg.pretrained or False, num_classes=len(data.classes),
-                         img_size=img_size, drop_path_rate=cfg.drop_path_rate).to(device)
-
-    if cfg.precision not in ("fp32", "bf16"):
-        raise ConvformerError(f"precision must be 'fp32' or 'bf16', got {cfg.precision!r}")
+    num_classes = len(data.classes)
+    if cfg.num_classes is not None and cfg.num_classes != num_classes:
+        raise ConvformerError(f"--num-classes {cfg.num_classes} but {cfg.data} has {num_classes} classes")
+    model = create_model(cfg.model, pretrained=(cfg.pretrained or False) if resume_state is None else False,
+                         num_classes=num_classes, img_size=img_size, drop_path_rate=cfg.drop_path_rate,
+                         drop_rate=cfg.head_dropout)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    folder = run_folder(cfg)
-    resolved = {**config_dict(cfg), "img_size": img_size, "classes": data.classes,
-                "torch": torch.__version__, "device": str(device)}
-    atomic_write(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(resolved, indent=1)))
+    model.to(device)
 
-    gen = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                              num_workers=cfg.workers, generator=gen)
-    val_loader = DataLoader(data.val, batch_size=max(cfg.batch_size, 128), num_workers=cfg.workers)
-    if len(train_loader) == 0:
-        raise ConvformerError(f"batch size {cfg.batch_size} is larger than the training set "
-                              f"({len(data.train)} images); lower --batch-size")
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    total_steps = cfg.epochs * len(train_loader)
-    warmup_steps = int(cfg.warmup_epochs * len(train_loader))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, total_steps, warmup_steps, cfg.min_lr / cfg.lr))
+    batches = StepBatches(len(data.train), cfg.batch_size, cfg.accum_steps, dist_.rank, dist_.world, cfg.seed)
+    steps_per_epoch = batches.steps_per_epoch
+    if steps_per_epoch == 0:
+        raise ConvformerError(f"a global batch of {batches.global_batch} (batch size x accumulation x processes) "
+                              f"is larger than the training set ({len(data.train)} images); lower --batch-size")
+    lr = cfg.lr * batches.global_batch / cfg.lr_base_batch if cfg.lr_base_batch else cfg.lr
+    optimizer = build_optimizer(cfg, model, lr)
+    ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay else None
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    mixup_fn = None
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        from timm.data import Mixup
+        mixup_fn = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
+                         num_classes=num_classes)
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
 
+    # where to start: fresh, or the checkpoint's position
+    epoch, start_step, global_step, best, sums, skipped = 1, 0, 0, -1.0, [0.0, 0.0, 0.0], 0
+    if resume_state is not None:
+        info = load_train_state(*resume_state, model, optimizer, ema, scaler)
+        epoch, start_step, global_step = info["epoch"], info["step_in_epoch"], info["global_step"]
+        best, sums, skipped = info["best_top1"], info["sums"], info.get("skipped", 0)
+    elif dist_.main:
+        folder = run_folder(cfg)
+    else:  # only rank 0 checks and writes the folder
+        folder = Path(cfg.output) / (cfg.name or "rank-local")
+    if dist_.main:
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob(".*.tmp"):  # left by a write that was killed
+            stale.unlink(missing_ok=True)
+        resolved = {**config_dict(cfg), "img_size": img_size, "classes": data.classes, "lr_effective": lr,
+                    "global_batch": batches.global_batch, "steps_per_epoch": steps_per_epoch}
+        if resume_state is None:
+            atomic_write(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(resolved, indent=1)))
+        atomic_write(folder / "env.json",
+                     lambda tmp: Path(tmp).write_text(json.dumps(environment(device, dist_), indent=1)))
+
+    train_model = model
+    if dist_.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     meta = {"classes": json.dumps(data.classes), "mean": json.dumps(list(data.mean)),
-            "std": json.dumps(list(data.std))}
+            "std": json.dumps(list(data.std)), "img_size": str(img_size)}
     log_rows = MetricLog(folder)
-    best, step, start = -1.0, 0, time.time()
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress)
-        for images, target in bar:
-            images, target = images.to(device), target.to(device)
-            if cfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                logits = model(images)
-                loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
-            if not torch.isfinite(loss):
-                raise ConvformerError(f"loss became {loss.item()} at epoch {epoch}, step {step}; the last "
-                                      f"good checkpoint is kept in {folder} (try a lower --lr)")
+    if resume_state is not None and (folder / "metrics.json").exists():
+        log_rows.rows = [r for r in json.loads((folder / "metrics.json").read_text()) if r["epoch"] < epoch]
+    writer = _tensorboard(folder) if cfg.tensorboard and dist_.main else None
+    val_loader = _val_loader(data.val, cfg, dist_)
+    train_set = SeededDataset(data.train)
+
+    def checkpoint(next_epoch: int, step_in_epoch: int) -> None:
+        if dist_.main:
+            info = {"epoch": next_epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
+                    "best_top1": best, "sums": sums, "skipped": skipped, "model": cfg.model}
+            save_train_state(folder / "checkpoint.safetensors", model, optimizer, ema, scaler, info)
+
+    start_time = time.time()
+    while epoch <= cfg.epochs:
+        train_model.train()
+        loader = DataLoader(train_set, batch_sampler=list(batches.micro_batches(epoch, start_step)),
+                            num_workers=cfg.workers)
+        batch_iter = iter(loader)
+        bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
+                   disable=not progress, unit="step")
+        tick = time.time()
+        for step_in_epoch in range(start_step, steps_per_epoch):
+            for group in optimizer.param_groups:
+                group["lr"] = lr * warmup_cosine(global_step, total_steps, warmup_steps, cfg.min_lr / cfg.lr)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            loss_sum += loss.item() * len(target)
-            correct += topk_correct(logits.detach(), target, ks=(1,))[0]
-            seen += len(target)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        val = evaluate(model, val_loader, device)
-        row = {"epoch": epoch, "step": step, "lr": scheduler.get_last_lr()[0],
-               "train_loss": round(loss_sum / seen, 5), "train_top1": round(100.0 * correct / seen, 3),
-               "val_loss": round(val["loss"], 5), "val_top1": round(val["top1"], 3),
-               "val_top5": round(val["top5"], 3), "time_s": round(time.time() - start, 1)}
-        log_rows.append(row)
-        save_weights(model, folder / "last.safetensors", metadata={**meta, "epoch": str(epoch)})
-        if val["top1"] > best:
-            best = val["top1"]
-            save_weights(model, folder / "best.safetensors", metadata={**meta, "epoch": str(epoch)})
+            finite = True
+            step_sums = [0.0, 0.0, 0.0]
+            for micro in range(cfg.accum_steps):
+                images, target = next(batch_iter)
+                images, target = images.to(device), target.to(device)
+                torch.manual_seed(mix_seed(cfg.seed, global_step, micro, dist_.rank))  # drop path, dropout
+                labels = target
+                if mixup_fn is not None:
+                    with seeded(mix_seed(cfg.seed, global_step, micro, dist_.rank, 7)):
+                        images, labels = mixup_fn(images, target)
+                if cfg.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                sync = train_model.no_sync() if dist_.enabled and micro < cfg.accum_steps - 1 else nullcontext()
+                with sync:
+                    with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+                        logits = train_model(images)
+                    if mixup_fn is not None:
+                        loss = torch.sum(-labels * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+                    else:
+                        loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+                    finite = finite and bool(torch.isfinite(loss))
+                    scaler.scale(loss / cfg.accum_steps).backward()
+                step_sums[0] += loss.item() * len(target)
+                step_sums[1] += topk_correct(logits.detach(), target, ks=(1,))[0]
+                step_sums[2] += len(target)
+            if dist_.any(not finite):
+                if not cfg.skip_nonfinite:
+                    raise ConvformerError(
+                        f"loss became {loss.item()} at epoch {epoch}, step {global_step + 1}; stopped without "
+                        f"saving, the last good checkpoint in {folder} is kept (lower --lr, check the data, "
+                        "or pass --skip-nonfinite to skip such steps)")
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                if progress:
+                    tqdm.write(f"warning: non-finite loss at step {global_step + 1}; step skipped ({skipped} so far)")
+            else:
+                if cfg.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                if ema is not None:
+                    ema.update(model)
+                sums = [a + b for a, b in zip(sums, step_sums)]
+            global_step += 1
+            now = time.time()
+            bar.set_postfix(loss=f"{sums[0] / max(sums[2], 1):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                            img_s=f"{step_sums[2] * dist_.world / max(now - tick, 1e-9):.0f}")
+            tick = now
+            bar.update(1)
+            if writer is not None:
+                writer.add_scalar("train/loss", loss.item(), global_step)
+                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], global_step)
+            if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and step_in_epoch + 1 < steps_per_epoch:
+                checkpoint(epoch, step_in_epoch + 1)
+        bar.close()
+
+        loss_sum, correct, seen = dist_.sum(sums)
+        val = _evaluate(model, val_loader, device, dist_)
+        row = {"epoch": epoch, "step": global_step, "lr": optimizer.param_groups[0]["lr"],
+               "train_loss": round(loss_sum / max(seen, 1), 5), "train_top1": round(100.0 * correct / max(seen, 1), 3),
+               "val_loss": round(val["loss"], 5), "val_top1": round(val["top1"], 3), "val_top5": round(val["top5"], 3)}
+        if ema is not None:
+            val_ema = _evaluate(ema.module, val_loader, device, dist_)
+            row.update(ema_val_top1=round(val_ema["top1"], 3), ema_val_top5=round(val_ema["top5"], 3))
+        row.update(skipped_steps=skipped, time_s=round(time.time() - start_time, 1))
+        if dist_.main:
+            log_rows.append(row)
+            epoch_meta = {**meta, "epoch": str(epoch)}
+            save_weights(model, folder / "last.safetensors", metadata=epoch_meta)
+            if ema is not None:
+                save_weights(ema.module, folder / "ema.safetensors", metadata=epoch_meta)
+            if val["top1"] > best:
+                save_weights(model, folder / "best.safetensors", metadata=epoch_meta)
+            if writer is not None:
+                for key in ("val_loss", "val_top1", "val_top5", "train_loss", "train_top1"):
+                    writer.add_scalar(key.replace("_", "/", 1), row[key], epoch)
+                writer.flush()
+        best = max(best, val["top1"])
+        sums, start_step = [0.0, 0.0, 0.0], 0
+        epoch += 1
+        checkpoint(epoch, 0)
         if progress:
-            log(f"epoch {epoch:3d}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
-                f"val top-1 {row['val_top1']:6.2f}%  ({row['time_s']:.0f}s)")
-    log_rows.plot(folder / "curves.png")
-    final = log_rows.rows[-1]
-    return {"folder": str(folder), "val_top1": final["val_top1"], "val_top5": final["val_top5"],
-            "best_top1": best, "epochs": cfg.epochs, "seconds": round(time.time() - start, 1),
-            "val_count": val["count"]}
+            ema_txt = f"  EMA top-1 {row['ema_val_top1']:6.2f}%" if ema is not None else ""
+            log(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
+                f"val top-1 {row['val_top1']:6.2f}%{ema_txt}  ({row['time_s']:.0f}s)")
+        dist_.barrier()
+    if writer is not None:
+        writer.close()
+    if dist_.main and log_rows.rows:
+        log_rows.plot(folder / "curves.png")
+    final = log_rows.rows[-1] if log_rows.rows else {}
+    return {"folder": str(folder), "val_top1": final.get("val_top1"), "val_top5": final.get("val_top5"),
+            "ema_val_top1": final.get("ema_val_top1"), "best_top1": best, "epochs": cfg.epochs,
+            "seconds": round(time.time() - start_time, 1), "val_count": len(data.val), "skipped_steps": skipped,
+            "main": dist_.main}
+
+
+def _val_loader(val_set, cfg: TrainConfig, dist_: Dist) -> DataLoader:
+    subset = Subset(val_set, range(dist_.rank, len(val_set), dist_.world)) if dist_.enabled else val_set
+    return DataLoader(subset, batch_size=max(cfg.batch_size, 128), num_workers=cfg.workers)
+
+
+def _evaluate(model, loader, device, dist_: Dist) -> dict:
+    """Loss/top-1/top-5 over the whole validation set (each rank evaluates its share, then sums)."""
+    part = evaluate(model, loader, device)
+    n = part["count"] if len(loader.dataset) else 0
+    loss, c1, c5, count = dist_.sum([part["loss"] * n, part["top1"] * n / 100, part["top5"] * n / 100, n])
+    count = max(count, 1)
+    return {"loss": loss / count, "top1": 100.0 * c1 / count, "top5": 100.0 * c5 / count, "count": int(count)}
+
+
+def _tensorboard(folder: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise ConvformerError("--tensorboard needs the tensorboard package: pip install tensorboard "
+                              "(or pip install 'convformer[tensorboard]')") from err
+    return SummaryWriter(str(folder / "tensorboard"))

@@ -19,6 +19,9 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import ConvformerError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "params")
 
 
@@ -29,6 +32,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give them the usual permissions
     try:
         write(tmp)
         with open(tmp, "rb+") as fh:
