@@ -117,7 +117,8 @@ class _NanAt(torch.nn.Module):
 
 
 def _patch_nan(monkeypatch, at):
-    from convformer.engine import train as train_mod
+    import importlib
+    train_mod = importlib.import_module("convformer.engine.train")  # the module, not the function
     real = train_mod.create_model
     monkeypatch.setattr(train_mod, "create_model", lambda *a, **k: _NanAt(real(*a, **k), at))
 
