@@ -134,15 +134,56 @@ def write_report(report: dict, json_path: str | os.PathLike, plot_path: str | os
     from ..weights.io import atomic_write
     atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
     if plot_path:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(7, 5))
-        for r in report["results"]:
-            ax.scatter(r["macs"] / 1e9, r["throughput"])
-            ax.annotate(r["spec"], (r["macs"] / 1e9, r["throughput"]), fontsize=7)
-        ax.set_xlabel("GMACs per image"), ax.set_ylabel("images / s (higher is better)")
-        ax.set_title("speed vs MACs"), ax.grid(alpha=0.3)
-        fig.tight_layout()
-        atomic_write(plot_path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-        plt.close(fig)
+        atomic_write(plot_path, lambda tmp: _plot(report, tmp))
+
+
+def _top1(model: str):
+    try:
+        metrics = model_card(model).metrics
+    except ConvformerError:
+        return None
+    return next(iter(metrics.values()), None) if metrics else None
+
+
+def _kind(spec: str) -> str:
+    return "onnxruntime" if spec.startswith("onnx:") else "timm" if "timm:" in spec else "convformer"
+
+
+def _plot(report: dict, path: str) -> None:
+    """Left: images/s per candidate. Right: the speed/accuracy Pareto view (paper top-1 of each model,
+    or GMACs when no accuracy is known), the frontier drawn through the non-dominated candidates."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    colors = {"convformer": "tab:blue", "timm": "tab:orange", "onnxruntime": "tab:green"}
+    rows = sorted(report["results"], key=lambda r: r["throughput"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 0.32 * len(rows) + 2.5))
+    ax1.barh([r["spec"] for r in rows], [r["throughput"] for r in rows], color=[colors[_kind(r["spec"])] for r in rows])
+    for i, r in enumerate(rows):
+        ax1.text(r["throughput"], i, f" {r['throughput']:.1f}", va="center", fontsize=7)
+    ax1.set_xlabel(f"images / s (batch {report['settings']['batch']}, {report['settings']['img_size']}px)")
+    ax1.tick_params(axis="y", labelsize=7)
+    ax1.grid(axis="x", alpha=0.3)
+    accs = {r["spec"]: _top1(r["model"]) for r in rows}
+    use_acc = all(a is not None for a in accs.values())
+    ys = {r["spec"]: accs[r["spec"]] if use_acc else r["macs"] / 1e9 for r in rows}
+    for r in rows:
+        ax2.scatter(r["throughput"], ys[r["spec"]], color=colors[_kind(r["spec"])], s=25)
+    front, best_y = [], float("-inf") if use_acc else float("inf")
+    for r in sorted(rows, key=lambda r: -r["throughput"]):  # fastest first: keep points that improve y
+        y = ys[r["spec"]]
+        if (use_acc and y > best_y) or (not use_acc and y < best_y):
+            front.append(r)
+            best_y = y
+            ax2.annotate(r["spec"], (r["throughput"], y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax2.plot([r["throughput"] for r in front], [ys[r["spec"]] for r in front], "k--", lw=0.8, label="Pareto front")
+    for kind, c in colors.items():
+        ax2.scatter([], [], color=c, label=kind)
+    ax2.set_xlabel("images / s (higher is better)")
+    ax2.set_ylabel("ImageNet top-1 (%, model card)" if use_acc else "GMACs per image")
+    ax2.set_title("speed / accuracy" if use_acc else "speed / MACs")
+    ax2.legend(fontsize=7)
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=110)
+    plt.close(fig)
