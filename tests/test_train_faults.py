@@ -239,3 +239,18 @@ def test_fine_tuning_from_pretrained_weights_with_a_new_head(tmp_path, capsys):
     assert tuned["head.fc.fc2.bias"].shape == (10,)  # a new 10-class head
     assert main(["train", "--num-classes", "7", "--epochs", "1", "--output", str(tmp_path)]) == 2
     assert "has 10 classes" in _one_line_error(capsys)
+
+
+def test_tensorboard_logs_and_run_folder_records_the_environment(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    assert main(["train", "--epochs", "1", "--threads", "1", "--output", str(tmp_path), "--name", "tb", "--quiet",
+                 "--tensorboard"]) == 0
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "val/top1", "val/loss"} <= tags
+    assert len(events.Scalars("train/loss")) == 1437 // 64  # one point per optimizer step
+    row = json.loads((tmp_path / "tb" / "metrics.json").read_text())[-1]
+    assert events.Scalars("val/top1")[-1].value == pytest.approx(row["val_top1"], abs=1e-3)
+    env = json.loads((tmp_path / "tb" / "env.json").read_text())
+    assert env["torch"] == torch.__version__ and env["world_size"] == 1 and env["device"] == "cpu"

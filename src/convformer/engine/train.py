@@ -319,8 +319,10 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, progress: bool, 
             if val["top1"] > best:
                 save_weights(model, folder / "best.safetensors", metadata=epoch_meta)
             if writer is not None:
-                for key in ("val_loss", "val_top1", "val_top5", "train_loss", "train_top1"):
-                    writer.add_scalar(key.replace("_", "/", 1), row[key], epoch)
+                for key in ("val_loss", "val_top1", "val_top5", "ema_val_top1", "train_loss", "train_top1"):
+                    if key in row:  # per-step train/loss is logged above; epoch means go under epoch/
+                        tag = key.replace("_", "/", 1) if key.startswith(("val", "ema")) else f"epoch/{key}"
+                        writer.add_scalar(tag, row[key], epoch)
                 writer.flush()
         best = max(best, val["top1"])
         sums, start_step = [0.0, 0.0, 0.0], 0
