@@ -254,3 +254,13 @@ def test_tensorboard_logs_and_run_folder_records_the_environment(tmp_path):
     assert events.Scalars("val/top1")[-1].value == pytest.approx(row["val_top1"], abs=1e-3)
     env = json.loads((tmp_path / "tb" / "env.json").read_text())
     assert env["torch"] == torch.__version__ and env["world_size"] == 1 and env["device"] == "cpu"
+
+
+def test_nan_in_the_first_epoch_and_resume_of_nothing_say_so(tmp_path, capsys):
+    assert main(["train", "--lr", "1e9", "--epochs", "1", "--threads", "1", "--output", str(tmp_path), "--name", "x",
+                 "--quiet"]) == 2
+    err = _one_line_error(capsys)
+    assert "loss became" in err and "no checkpoint had been written yet" in err
+    assert not (tmp_path / "x" / "last.safetensors").exists()
+    assert main(["train", "--resume", str(tmp_path / "missing")]) == 2
+    assert "nothing to resume at" in _one_line_error(capsys)

@@ -62,6 +62,9 @@ def save_train_state(path: Path, model, optimizer, ema, scaler, info: dict) -> N
 def read_train_state(path: str | Path) -> tuple[dict, dict]:
     """Return (tensors, metadata) of a training checkpoint, or raise a clear error."""
     path = Path(path)
+    if not path.exists():
+        raise ConvformerError(f"nothing to resume at {path}: pass a run folder of `convformer train` (or its "
+                              "checkpoint.safetensors)")
     if path.is_dir():
         path = path / "checkpoint.safetensors"
         if not path.exists():

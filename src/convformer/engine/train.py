@@ -271,10 +271,11 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, progress: bool, 
                 step_sums[2] += len(target)
             if dist_.any(not finite):
                 if not cfg.skip_nonfinite:
+                    kept = (f"the last good checkpoint in {folder} is kept" if (folder / "checkpoint.safetensors").exists()
+                            else "no checkpoint had been written yet")
                     raise ConvformerError(
                         f"loss became {loss.item()} at epoch {epoch}, step {global_step + 1}; stopped without "
-                        f"saving, the last good checkpoint in {folder} is kept (lower --lr, check the data, "
-                        "or pass --skip-nonfinite to skip such steps)")
+                        f"saving, {kept} (lower --lr, check the data, or pass --skip-nonfinite to skip such steps)")
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
                 if progress:
