@@ -7,7 +7,7 @@ import convformer
 
 from conftest import small_kwargs
 
-MODELS = convformer.list_models()
+MODELS = convformer.list_models(task="classification")
 SIZE = 64
 
 

@@ -8,7 +8,7 @@ from convformer.models.fold import FoldedBlock
 from conftest import small_kwargs
 from test_parity_timm import perturb
 
-MODELS = convformer.list_models()
+MODELS = convformer.list_models(task="classification")
 
 
 @pytest.mark.parametrize("name", MODELS)

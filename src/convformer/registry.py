@@ -48,6 +48,7 @@ class ModelCard:
     preprocessing: dict = field(default_factory=lambda: dict(
         interpolation="bicubic", crop_pct=1.0, mean=IMAGENET_MEAN, std=IMAGENET_STD))
     notes: tuple = ()
+    task: str = "classification"       # or "super-resolution"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,18 +60,23 @@ class ModelCard:
                  + (f"   paper: {self.paper_params_m}M" if self.paper_params_m else ""),
                  f"  MACs        {self.macs / 1e9:.3f} G at {self.input_size[1]}x{self.input_size[2]}"
                  + (f"   paper: {self.paper_macs_g}G" if self.paper_macs_g else "")]
+        label = "top-1" if self.task == "classification" else "PSNR/SSIM"
         for key, value in self.metrics.items():
-            lines.append(f"  top-1 {key:<16} {value}")
+            lines.append(f"  {label} {key:<16} {value}")
         pre = self.preprocessing
-        lines.append(f"  preprocess  {pre['interpolation']} resize, crop_pct {pre['crop_pct']}, "
-                     f"mean {tuple(pre['mean'])}, std {tuple(pre['std'])}")
+        if self.task == "classification":
+            lines.append(f"  preprocess  {pre['interpolation']} resize, crop_pct {pre['crop_pct']}, "
+                         f"mean {tuple(pre['mean'])}, std {tuple(pre['std'])}")
+        else:
+            lines.append(f"  input       RGB in [0, 1], any size; output {pre.get('scale')}x larger")
         if self.paper:
             lines.append(f"  paper       {self.paper}")
         for url in self.code:
             lines.append(f"  code        {url}")
         for w in self.weights:
-            lines.append(f"  weights     {w.tag}: hf-hub:{w.repo_id}/{w.filename} ({w.layout} layout,"
-                         f" {w.num_classes} classes, {w.input_size}px)")
+            where = w.repo_id if w.repo_id.startswith("github:") else f"hf-hub:{w.repo_id}"
+            lines.append(f"  weights     {w.tag}: {where}/{w.filename} ({w.layout} layout"
+                         + (f", {w.num_classes} classes, {w.input_size}px)" if w.num_classes else ")"))
         for note in self.notes:
             lines.append(f"  note        {note}")
         return "\n".join(lines)
@@ -85,10 +91,11 @@ def register_model(card: ModelCard, builder: Callable[..., nn.Module]) -> None:
     _MODELS[card.name] = (builder, card)
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style pattern, sorted."""
+def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
+    """Registered model names matching a shell-style pattern (and a task, if given), sorted."""
     _ensure_loaded()
-    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+    return sorted(n for n, (_, card) in _MODELS.items() if fnmatch.fnmatch(n, pattern)
+                  and (task is None or card.task == task))
 
 
 def model_card(name: str) -> ModelCard:

@@ -1,2 +1,3 @@
 """Model files register their variants with the registry on import."""
 from . import metaformer_zoo  # noqa: F401
+from . import cfsr  # noqa: F401

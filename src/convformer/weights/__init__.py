@@ -52,8 +52,12 @@ def load_weights(model: nn.Module, source, strict: bool = True, new_classifier_o
         state, meta = dict(source), {}
     else:
         state, meta = read_state_dict(source)
-    state, layout = to_our_names(state)
     own = model.state_dict()
+    converted = model.convert_weights(state, own) if hasattr(model, "convert_weights") else None
+    if converted is not None:  # a model with its own official layout (e.g. CFSR)
+        state, layout = converted, "official"
+    else:
+        state, layout = to_our_names(state)
     state, reshaped = match_shapes(state, own)
     if reshaped and layout == "convformer":
         layout = "timm"

@@ -33,7 +33,26 @@ def resolve_pretrained(card, pretrained) -> tuple[str, int | None]:
     return _download(source.repo_id, source.filename, card.name), source.num_classes
 
 
+def local_weight_dirs() -> list[Path]:
+    """Folders searched for weights that are not on the hub: $CONVFORMER_WEIGHTS, ~/.cache/convformer,
+    and the project's shared weights folder next to a source checkout (``../shared/weights``)."""
+    dirs = [Path(os.environ["CONVFORMER_WEIGHTS"])] if os.environ.get("CONVFORMER_WEIGHTS") else []
+    dirs.append(Path.home() / ".cache" / "convformer")
+    dirs.append(Path(__file__).resolve().parents[4] / "shared" / "weights")
+    return dirs
+
+
 def _download(repo_id: str, filename: str, model_name: str) -> str:
+    if repo_id.startswith("github:"):  # released on GitHub, not the hub: look in the local folders
+        family = model_name.split("_")[0]
+        for folder in local_weight_dirs():
+            for candidate in (folder / filename, folder / family / filename):
+                if candidate.is_file():
+                    return str(candidate)
+        url = f"https://github.com/{repo_id[len('github:'):]}"
+        raise ConvformerError(f"{filename} for {model_name} is not in {', '.join(map(str, local_weight_dirs()))}; "
+                              f"download it from {url} and pass pretrained='path/to/{filename}' (or put it in "
+                              "$CONVFORMER_WEIGHTS)")
     try:
         from huggingface_hub import hf_hub_download
         return hf_hub_download(repo_id, filename)
