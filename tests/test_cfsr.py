@@ -115,3 +115,18 @@ def test_wrong_input_is_a_clear_error():
     model = convformer.create_model("cfsr_x2")
     with pytest.raises(convformer.ConvformerError, match=r"expects images \(B, 3, H, W\)"):
         model(torch.rand(1, 1, 16, 16))
+
+
+@needs_weights
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_official_cfsr_beats_bicubic_on_a_real_photo(scale):
+    from convformer.data.sr import bicubic_down, bicubic_up, bundled_photo, mod_crop
+    from convformer.engine.sr_metrics import psnr_y, ssim_y
+    hr = mod_crop(bundled_photo("coffee")[:, :, 100:220, 200:344], scale)
+    lr = bicubic_down(hr, scale)
+    model = convformer.create_model(f"cfsr_x{scale}", pretrained=str(SHARED / f"CFSR_x{scale}.pth")).eval()
+    with torch.no_grad():
+        sr = model(lr).clamp(0, 1)
+    bic = bicubic_up(lr, scale)
+    assert psnr_y(sr, hr, scale) > psnr_y(bic, hr, scale) + 0.5
+    assert ssim_y(sr, hr, scale) > ssim_y(bic, hr, scale)

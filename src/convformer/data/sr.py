@@ -1,0 +1,37 @@
+"""Super-resolution data: the standard bicubic degradation and scikit-image's bundled photographs.
+
+The low-resolution image is the high-resolution one downsampled by bicubic interpolation (with
+anti-aliasing, the convention of the SR benchmarks), after cropping the HR image to a multiple of the
+scale so that sizes match exactly.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+#: real photographs shipped inside scikit-image (no download)
+BUNDLED_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
+
+
+def mod_crop(img: torch.Tensor, scale: int) -> torch.Tensor:
+    h, w = img.shape[-2:]
+    return img[..., : h - h % scale, : w - w % scale]
+
+
+def bicubic_down(hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B, 3, H/s, W/s), bicubic with anti-aliasing, clamped to [0, 1]."""
+    return F.interpolate(hr, scale_factor=1 / scale, mode="bicubic", antialias=True).clamp(0, 1)
+
+
+def bicubic_up(lr: torch.Tensor, scale: int) -> torch.Tensor:
+    return F.interpolate(lr, scale_factor=scale, mode="bicubic").clamp(0, 1)
+
+
+def bundled_photo(name: str) -> torch.Tensor:
+    """One of scikit-image's bundled RGB photographs as (1, 3, H, W) in [0, 1]."""
+    from skimage import data
+    from ..errors import ConvformerError
+    if name not in BUNDLED_PHOTOS:
+        raise ConvformerError(f"unknown bundled photo {name!r}; choose from {', '.join(BUNDLED_PHOTOS)}")
+    img = torch.from_numpy(getattr(data, name)()[..., :3].copy())
+    return img.permute(2, 0, 1).float()[None] / 255
