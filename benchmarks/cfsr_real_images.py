@@ -14,6 +14,7 @@ import torch
 import convformer
 from convformer.data.sr import BUNDLED_PHOTOS, bicubic_down, bicubic_up, bundled_photo, mod_crop
 from convformer.engine.sr_metrics import psnr_y, ssim_y
+from convformer.weights.hub import local_weight_dirs
 
 
 def evaluate(weights_dir: Path, photos=BUNDLED_PHOTOS, scales=(2, 3, 4)) -> list[dict]:
@@ -34,10 +35,16 @@ def evaluate(weights_dir: Path, photos=BUNDLED_PHOTOS, scales=(2, 3, 4)) -> list
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "weights" / "cfsr"))
+    parser.add_argument("--weights-dir", default=None,
+                        help="folder with CFSR_x{2,3,4}.pth [default: the first of convformer's local weight folders "
+                             "that has them]")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "cfsr_real_images.json"))
     args = parser.parse_args(argv)
-    rows = evaluate(Path(args.weights_dir))
+    weights_dir = Path(args.weights_dir) if args.weights_dir else next(
+        (d / "cfsr" for d in local_weight_dirs() if (d / "cfsr" / "CFSR_x2.pth").is_file()), None)
+    if weights_dir is None:
+        raise SystemExit(f"CFSR_x2.pth not found in {[str(d / 'cfsr') for d in local_weight_dirs()]}; pass --weights-dir")
+    rows = evaluate(weights_dir)
     print(f"{'scale':>5}  {'photo':<22}{'bicubic PSNR/SSIM':>20}{'CFSR PSNR/SSIM':>20}{'gain dB':>9}")
     for r in rows:
         print(f"{r['scale']:>5}  {r['photo']:<22}{r['bicubic_psnr']:>11.2f} / {r['bicubic_ssim']:.4f}"

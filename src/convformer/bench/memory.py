@@ -47,8 +47,7 @@ def measure_in_this_process(spec: str, img_size: int, batch: int, train: bool, t
     fn, model, _ = build_candidate(spec, img_size, threads)
     x = torch.randn(batch, 3, img_size, img_size)
     if train:
-        step = training_step(model, x, 1000)
-        run = step
+        run = training_step(model, x, 1000)
     else:
         def run():
             with torch.inference_mode():

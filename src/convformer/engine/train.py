@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
@@ -184,10 +183,13 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, progress: bool, 
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
     mixup_fn = None
-    if cfg.mixup > 0 or cfg.cutmix > 0:
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    if cfg.mixup > 0 or cfg.cutmix > 0:  # soft targets (smoothing applied by Mixup itself)
         from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
         mixup_fn = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
                          num_classes=num_classes)
+        loss_fn = SoftTargetCrossEntropy()
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
 
@@ -260,10 +262,7 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, progress: bool, 
                 with sync:
                     with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
                         logits = train_model(images)
-                    if mixup_fn is not None:
-                        loss = torch.sum(-labels * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-                    else:
-                        loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+                    loss = loss_fn(logits.float(), labels)
                     finite = finite and bool(torch.isfinite(loss))
                     scaler.scale(loss / cfg.accum_steps).backward()
                 step_sums[0] += loss.item() * len(target)

@@ -25,6 +25,7 @@ from torch import nn
 from ..layers import ChannelLayerNorm
 from ..mixers.convmod import EDGE_BRANCHES, ConvModMixer, EdgeFFN
 from ..registry import ModelCard, WeightSource, register_model
+from ..weights.convert import apply_rules
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean the official code subtracts
 
@@ -132,7 +133,6 @@ _OFFICIAL = [
     (r"^layers\.(\d+)\.blocks\.(\d+)\.mlp\.norm\.", r"groups.\1.blocks.\2.norm2."),
     (r"^layers\.(\d+)\.blocks\.(\d+)\.mlp\.(fc1|fc2)\.", r"groups.\1.blocks.\2.ffn.\3."),
     (r"^layers\.(\d+)\.blocks\.(\d+)\.mlp\.pos\.", r"groups.\1.blocks.\2.ffn.dw."),
-    (r"^layers\.(\d+)\.blocks\.(\d+)\.mlp\.(scale|bias)_?(sobel_x|sobel_y|laplacian)", None),  # handled below
     (r"^layers\.(\d+)\.conv\.", r"groups.\1.proj."),
 ]
 _EDGE_OFFICIAL = re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\.mlp\.(?:(scale)_(sobel_x|sobel_y|laplacian)|"
@@ -158,11 +158,7 @@ def cfsr_official_to_ours(state: dict, own: dict) -> dict | None:
             part = "scale" if m.group(3) else "bias"
             out[f"groups.{g}.blocks.{b}.ffn.{kind}_{part}"] = value.reshape(-1)
             continue
-        new = key
-        for pattern, repl in _OFFICIAL:
-            if repl is not None and re.match(pattern, key):
-                new = re.sub(pattern, repl, key, count=1)
-                break
+        new = apply_rules(_OFFICIAL, key)
         if new in own and value.ndim == 4 and own[new].ndim == 2:
             value = value.reshape(own[new].shape)  # 1x1 conv -> Linear
         out[new] = value
@@ -176,7 +172,8 @@ def cfsr_official_to_ours(state: dict, own: dict) -> dict | None:
 PAPER = "Wu, Jiang, Jiang, Liu. Transforming Image Super-Resolution: A ConvFormer-based Efficient Approach. " \
         "IEEE TIP 2024 (arXiv:2401.05633)"
 CODE = ("https://github.com/Aitical/CFSR",)
-# (params in the released merged form, MACs for a 1280x720 output; the paper's x2/x3/x4 tables)
+# (params of the released merged form, as summed from the official .pth files; MACs for a 1280x720
+# output as counted by torch.utils.flop_counter)
 _COUNTS = {2: (291_324, 65_061_273_600), 3: (297_819, 29_533_455_360), 4: (306_912, 17_161_113_600)}
 # (Set5, Set14, B100, Urban100, Manga109) PSNR/SSIM from the official README (x4 given in REFERENCE.md)
 _METRICS = {4: {"Set5": (32.33, 0.8964), "Set14": (28.73, 0.7842), "B100": (27.63, 0.7381),

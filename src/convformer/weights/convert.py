@@ -39,7 +39,8 @@ def detect_layout(state_dict: dict) -> str:
     return "convformer"  # ours and timm's share names; shapes are reconciled by ``match_shapes``
 
 
-def _apply(rules, key: str) -> str:
+def apply_rules(rules, key: str) -> str:
+    """Rename ``key`` by the first (pattern, replacement) rule that matches; unchanged if none does."""
     for pattern, repl in rules:
         if re.match(pattern, key):
             return re.sub(pattern, repl, key, count=1)
@@ -56,14 +57,14 @@ def _v1_key(key: str) -> str:
     m = re.match(r"^network\.(\d+)\.(\d+)\.(.*)$", key)
     if m:
         return f"stages.{int(m.group(1)) // 2}.blocks.{m.group(2)}.{m.group(3)}"
-    return _apply(POOLFORMER_V1_RULES, key)
+    return apply_rules(POOLFORMER_V1_RULES, key)
 
 
 def to_our_names(state_dict: dict) -> tuple[dict, str]:
     """Rename keys of any known layout to ours; returns (state_dict, detected layout)."""
     layout = detect_layout(state_dict)
     if layout == "official":
-        return {_apply(OFFICIAL_RULES, k): v for k, v in state_dict.items()}, layout
+        return {apply_rules(OFFICIAL_RULES, k): v for k, v in state_dict.items()}, layout
     if layout == "poolformer_v1_official":
         return {_v1_key(k): v for k, v in state_dict.items()}, layout
     return dict(state_dict), layout
