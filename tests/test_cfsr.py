@@ -1,4 +1,5 @@
 """CFSR: the network against the authors' released weights and ONNX exports, the merge, and the cards."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +131,45 @@ def test_official_cfsr_beats_bicubic_on_a_real_photo(scale):
     bic = bicubic_up(lr, scale)
     assert psnr_y(sr, hr, scale) > psnr_y(bic, hr, scale) + 0.5
     assert ssim_y(sr, hr, scale) > ssim_y(bic, hr, scale)
+
+
+def test_tiled_upscale_equals_untiled_with_enough_context_and_stays_close_without():
+    from convformer.engine.sr import upscale
+    from convformer.engine.sr_metrics import psnr_y
+    torch.manual_seed(0)
+    model = _perturb_edges(convformer.create_model("cfsr_x2")).eval()
+    lr = torch.rand(1, 3, 40, 52)
+    whole = upscale(model, lr)
+    assert whole.shape == (1, 3, 80, 104)
+    exact = upscale(model, lr, tile=16, overlap=64)  # context beyond the receptive field
+    assert (exact - whole).abs().max().item() <= 1e-5
+    close = upscale(model, lr, tile=16, overlap=12)
+    assert psnr_y(close, whole) >= 50  # the issue's bound for tiled vs untiled
+
+
+@needs_weights
+def test_sr_upscale_and_eval_commands(tmp_path, capsys):
+    from convformer.cli import main
+    from convformer.data.sr import bicubic_down, bundled_photo, load_rgb, save_png
+    hr_dir, lr_dir = tmp_path / "hr", tmp_path / "lr"
+    photo = bundled_photo("chelsea")[:, :, 60:156, 120:240]
+    save_png(photo, hr_dir / "cat.png")
+    save_png(bicubic_down(photo, 2), lr_dir / "cat.png")
+    w = str(SHARED / "CFSR_x2.pth")
+    assert main(["sr", "upscale", str(lr_dir), "-o", str(tmp_path / "out"), "--model", "cfsr_x2", "--weights", w,
+                 "--tile", "24"]) == 0
+    out = load_rgb(tmp_path / "out" / "cat_x2.png")
+    assert out.shape == (1, 3, 96, 120)
+    assert main(["sr", "upscale", str(lr_dir), "-o", str(tmp_path / "out"), "--model", "cfsr_x2",
+                 "--weights", w]) == 2
+    assert "already exists" in capsys.readouterr().err  # nothing overwritten without --overwrite
+    assert main(["sr", "eval", str(hr_dir), "--model", "cfsr_x2", "--weights", w, "--json",
+                 "--output", str(tmp_path / "ev")]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["images"] == 1 and result["psnr"] > result["bicubic_psnr"]
+    assert (tmp_path / "ev" / "strip.png").read_bytes()[:4] == b"\x89PNG"
+    assert "bicubic_ssim" in (tmp_path / "ev" / "metrics.csv").read_text()
+    assert main(["sr", "upscale", str(tmp_path / "nope.png"), "-o", str(tmp_path / "o2")]) == 2
+    assert "image not found" in capsys.readouterr().err
+    assert main(["sr", "eval", str(hr_dir), "--model", "convformer_s18"]) == 2
+    assert "not a super-resolution model" in capsys.readouterr().err

@@ -35,3 +35,38 @@ def bundled_photo(name: str) -> torch.Tensor:
         raise ConvformerError(f"unknown bundled photo {name!r}; choose from {', '.join(BUNDLED_PHOTOS)}")
     img = torch.from_numpy(getattr(data, name)()[..., :3].copy())
     return img.permute(2, 0, 1).float()[None] / 255
+
+
+def image_files(paths) -> list:
+    """Image files named directly or found (sorted, recursively) inside the given folders."""
+    from pathlib import Path
+    from ..errors import ConvformerError
+    from .images import IMAGE_SUFFIXES
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ConvformerError(f"no image files in folder {p}")
+            files += found
+        elif p.exists():
+            files.append(p)
+        else:
+            raise ConvformerError(f"image not found: {p}")
+    return files
+
+
+def load_rgb(path) -> torch.Tensor:
+    """An image file as (1, 3, H, W) in [0, 1] (clear error for missing or corrupt files)."""
+    import numpy as np
+    from .images import open_image
+    arr = np.asarray(open_image(path), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float()[None] / 255
+
+
+def save_png(img: torch.Tensor, path) -> None:
+    """(1, 3, H, W) or (3, H, W) in [0, 1] -> 8-bit PNG, written atomically."""
+    from PIL import Image
+    from ..weights.io import atomic_write
+    arr = (img.reshape(3, *img.shape[-2:]).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))

@@ -1,0 +1,112 @@
+"""`convformer sr`: super-resolution with CFSR (upscale images, evaluate against high-resolution ones)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from tqdm import tqdm
+
+from ..errors import ConvformerError
+from ..registry import create_model, list_models
+from . import app
+
+sr_app = typer.Typer(no_args_is_help=True, help="Super-resolution: upscale and evaluate (CFSR).")
+app.add_typer(sr_app, name="sr")
+
+
+def _sr_model(model: str, weights: Optional[str]):
+    if model not in list_models(task="super-resolution"):
+        raise ConvformerError(f"{model!r} is not a super-resolution model; choose one of "
+                              f"{', '.join(list_models(task='super-resolution'))}")
+    return create_model(model, pretrained=weights or True).eval()
+
+
+@sr_app.command("upscale")
+def upscale_cmd(
+    inputs: List[Path] = typer.Argument(..., help="Image files and/or folders of images (low resolution)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the upscaled PNGs."),
+    model: str = typer.Option("cfsr_x4", help="cfsr_x2, cfsr_x3 or cfsr_x4."),
+    weights: Optional[str] = typer.Option(None, help="Weight file [default: the card's official weights]."),
+    tile: Optional[int] = typer.Option(None, help="Upscale in tiles of this many LR pixels (bounds memory)."),
+    tile_overlap: int = typer.Option(32, help="LR pixels of context around each tile."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+):
+    """Write <name>_x<scale>.png for every input image."""
+    from ..data.sr import image_files, load_rgb, save_png
+    from ..engine.sr import upscale
+    files = image_files(inputs)
+    net = _sr_model(model, weights)
+    targets = [output / f"{f.stem}_x{net.scale}.png" for f in files]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise ConvformerError(f"{existing[0]} already exists ({len(existing)} in all); pass --overwrite or "
+                              "choose another --output")
+    for f, target in tqdm(list(zip(files, targets)), desc="upscaling", disable=len(files) < 2):
+        save_png(upscale(net, load_rgb(f), tile, tile_overlap), target)
+    typer.echo(f"wrote {len(files)} image(s) to {output}")
+
+
+@sr_app.command("eval")
+def eval_cmd(
+    hr_folder: Path = typer.Argument(..., help="Folder of high-resolution images (LR made by bicubic downsampling)."),
+    model: str = typer.Option("cfsr_x4", help="cfsr_x2, cfsr_x3 or cfsr_x4."),
+    weights: Optional[str] = typer.Option(None, help="Weight file [default: the card's official weights]."),
+    output: Optional[Path] = typer.Option(None, help="Write metrics.csv, metrics.json and strip.png here."),
+    tile: Optional[int] = typer.Option(None, help="Upscale in tiles of this many LR pixels."),
+    tile_overlap: int = typer.Option(32, help="LR pixels of context around each tile."),
+    as_json: bool = typer.Option(False, "--json", help="Print the mean metrics as JSON."),
+):
+    """Per-image and mean PSNR/SSIM (Y channel, border = scale) of the model and of bicubic upsampling."""
+    from ..data.sr import bicubic_down, bicubic_up, image_files, load_rgb, mod_crop
+    from ..engine.sr import upscale
+    from ..engine.sr_metrics import psnr_y, ssim_y
+    files = image_files([hr_folder])
+    net = _sr_model(model, weights)
+    s = net.scale
+    rows, crops = [], []
+    for f in tqdm(files, desc="evaluating", disable=len(files) < 2):
+        hr = mod_crop(load_rgb(f), s)
+        if min(hr.shape[-2:]) < 2 * s + 11:  # SSIM needs 11x11 after the border crop
+            raise ConvformerError(f"{f} is too small to evaluate at x{s} ({hr.shape[-1]}x{hr.shape[-2]})")
+        lr = bicubic_down(hr, s)
+        sr, bic = upscale(net, lr, tile, tile_overlap), bicubic_up(lr, s)
+        rows.append({"image": f.name, "psnr": psnr_y(sr, hr, s), "ssim": ssim_y(sr, hr, s),
+                     "bicubic_psnr": psnr_y(bic, hr, s), "bicubic_ssim": ssim_y(bic, hr, s)})
+        crops.append((bic, sr, hr))
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")}
+    if output:
+        _write_eval(output, rows, mean, crops)
+    if as_json:
+        typer.echo(json.dumps({"model": model, "images": len(rows), **mean}))
+        return
+    for r in rows:
+        typer.echo(f"{r['image']:<32} {model} {r['psnr']:6.2f} dB / {r['ssim']:.4f}   bicubic "
+                   f"{r['bicubic_psnr']:6.2f} dB / {r['bicubic_ssim']:.4f}")
+    typer.echo(f"{'mean of ' + str(len(rows)):<32} {model} {mean['psnr']:6.2f} dB / {mean['ssim']:.4f}   bicubic "
+               f"{mean['bicubic_psnr']:6.2f} dB / {mean['bicubic_ssim']:.4f}")
+
+
+def _write_eval(folder: Path, rows: list, mean: dict, crops: list, size: int = 96) -> None:
+    """metrics.csv / metrics.json, and strip.png: a centre crop per image, bicubic | model | ground truth."""
+    import torch
+    from ..data.sr import save_png
+    from ..weights.io import atomic_write
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(folder / "metrics.csv", lambda tmp: Path(tmp).write_text(buf.getvalue()))
+    atomic_write(folder / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps({"mean": mean, "images": rows},
+                                                                                     indent=1)))
+    lines = []
+    for images in crops:
+        h, w = images[0].shape[-2:]
+        c, y, x = min(size, h, w), (h - min(size, h, w)) // 2, (w - min(size, h, w)) // 2
+        lines.append(torch.cat([im[:, :, y:y + c, x:x + c] for im in images], dim=3))
+    width = max(line.shape[-1] for line in lines)
+    lines = [torch.nn.functional.pad(line, (0, width - line.shape[-1])) for line in lines]
+    save_png(torch.cat(lines, dim=2), folder / "strip.png")
