@@ -173,3 +173,14 @@ def test_sr_upscale_and_eval_commands(tmp_path, capsys):
     assert "image not found" in capsys.readouterr().err
     assert main(["sr", "eval", str(hr_dir), "--model", "convformer_s18"]) == 2
     assert "not a super-resolution model" in capsys.readouterr().err
+
+
+def test_training_form_weights_load_into_the_merged_model_folded(tmp_path):
+    torch.manual_seed(0)
+    trained = _perturb_edges(convformer.create_model("cfsr_x2", merged=False)).eval()
+    convformer.save_weights(trained, tmp_path / "t.safetensors")
+    merged = convformer.create_model("cfsr_x2", pretrained=str(tmp_path / "t.safetensors")).eval()
+    assert merged.merged
+    x = torch.rand(1, 3, 16, 20)
+    with torch.no_grad():
+        assert (merged(x) - trained(x)).abs().max().item() <= 1e-5

@@ -10,9 +10,10 @@ residual groups at one resolution (no pyramid):
 Blocks are ``x + g1 * ConvMod(LN(x))`` and ``x + g2 * EdgeFFN(LN(x))`` with per-channel layer scales
 ``g`` (init 1e-6). Activations are channels-last (B, H, W, C) inside; images are (B, 3, H, W) in [0, 1].
 The model exists in training form (edge branches separate) and inference form (merged); ``merge()``
-turns the first into the second with the same outputs. Official checkpoints (Aitical/CFSR, merged
-form) load into either; into the training form with the edge scales set to zero, which is the same
-function, so fine-tuning from them works.
+turns the first into the second with the same outputs. Weights of either form load into either
+(``match_form``): merged weights into the training form with the edge scales set to zero (the same
+function, so fine-tuning from the official checkpoints works), training-form weights into the merged
+form folded as ``merge()`` folds them.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from ..layers import ChannelLayerNorm
-from ..mixers.convmod import EDGE_BRANCHES, ConvModMixer, EdgeFFN
+from ..mixers.convmod import EDGE_BRANCHES, ConvModMixer, EdgeFFN, edge_mask
 from ..registry import ModelCard, WeightSource, register_model
 from ..weights.convert import apply_rules
 
@@ -93,9 +94,11 @@ class CFSR(nn.Module):
         return all(b.ffn.merged for g in self.groups for b in g.blocks)
 
     @staticmethod
-    def convert_weights(state: dict, own: dict):
-        """Hook for ``load_weights``: the official layout converted to ours (None if not official)."""
-        return cfsr_official_to_ours(state, own)
+    def convert_weights(state: dict, own: dict) -> tuple[dict, str]:
+        """Hook for ``load_weights``: (state dict in our names and this model's form, detected layout)."""
+        official = cfsr_official_to_ours(state, own)
+        return match_form(official if official is not None else state, own), \
+            "official" if official is not None else "convformer"
 
     def merge(self) -> "CFSR":
         """Turn the training form into the inference form in place (same outputs); returns self."""
@@ -143,8 +146,7 @@ def cfsr_official_to_ours(state: dict, own: dict) -> dict | None:
     """Rename an official CFSR state dict to ours, or return None if it is not in that layout.
 
     1x1-conv weights become Linear weights; unmerged official edge parameters map to ours; the fixed
-    masks are dropped (ours are built in). Loading merged weights into a training-form model sets the
-    edge scales and biases to zero, which leaves the function unchanged."""
+    masks are dropped (ours are built in)."""
     if not any(k.startswith("layers.0.blocks.0.attn.") for k in state):
         return None
     out = {}
@@ -162,10 +164,31 @@ def cfsr_official_to_ours(state: dict, own: dict) -> dict | None:
         if new in own and value.ndim == 4 and own[new].ndim == 2:
             value = value.reshape(own[new].shape)  # 1x1 conv -> Linear
         out[new] = value
-    for key, ref in own.items():  # merged file into the training form: zero edge branches
-        if key not in out and any(key.endswith(f".ffn.{k}_{p}") for k in EDGE_BRANCHES for p in ("scale", "bias")):
-            out[key] = torch.zeros_like(ref)
     return out
+
+
+def _is_edge_key(key: str) -> bool:
+    return any(key.endswith(f".ffn.{k}_{p}") for k in EDGE_BRANCHES for p in ("scale", "bias"))
+
+
+def match_form(state: dict, own: dict) -> dict:
+    """Make a state dict of either form fit the model's form, keeping the function it computes.
+
+    Merged weights into the training form: the edge branches start at zero. Training-form weights into
+    the merged form: the edge branches are folded into the 3x3 depthwise kernels, as ``merge()`` does."""
+    state = dict(state)
+    for key, ref in own.items():
+        if key not in state and _is_edge_key(key):
+            state[key] = torch.zeros_like(ref)
+    folded = [k for k in state if _is_edge_key(k) and k not in own]
+    if folded:
+        for prefix in sorted({k.rsplit(".", 1)[0] for k in folded}):  # ...ffn
+            weight, bias = state[f"{prefix}.dw.weight"].clone(), state[f"{prefix}.dw.bias"].clone()
+            for kind in EDGE_BRANCHES:
+                weight += state.pop(f"{prefix}.{kind}_scale")[:, None, None, None] * edge_mask(kind)
+                bias += state.pop(f"{prefix}.{kind}_bias")
+            state[f"{prefix}.dw.weight"], state[f"{prefix}.dw.bias"] = weight, bias
+    return state
 
 
 # ---- registry --------------------------------------------------------------------------------------------

@@ -53,9 +53,8 @@ def load_weights(model: nn.Module, source, strict: bool = True, new_classifier_o
     else:
         state, meta = read_state_dict(source)
     own = model.state_dict()
-    converted = model.convert_weights(state, own) if hasattr(model, "convert_weights") else None
-    if converted is not None:  # a model with its own official layout (e.g. CFSR)
-        state, layout = converted, "official"
+    if hasattr(model, "convert_weights"):  # a model with its own layouts and forms (e.g. CFSR)
+        state, layout = model.convert_weights(state, own)
     else:
         state, layout = to_our_names(state)
     state, reshaped = match_shapes(state, own)
