@@ -29,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     try:
-        app(args=args, prog_name="convformer", standalone_mode=False)
+        code = app(args=args, prog_name="convformer", standalone_mode=False)
+        if isinstance(code, int) and code:  # typer returns Exit codes (130 on Ctrl-C) instead of raising
+            if code == 130:
+                print("interrupted", file=sys.stderr)
+            return code
     except ConvformerError as err:
         if debug:
             raise

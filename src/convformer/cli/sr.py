@@ -110,3 +110,37 @@ def _write_eval(folder: Path, rows: list, mean: dict, crops: list, size: int = 9
     width = max(line.shape[-1] for line in lines)
     lines = [torch.nn.functional.pad(line, (0, width - line.shape[-1])) for line in lines]
     save_png(torch.cat(lines, dim=2), folder / "strip.png")
+
+
+@sr_app.command("train")
+def train_cmd(
+    model: Optional[str] = typer.Option(None, help="cfsr_x2, cfsr_x3 or cfsr_x4 [default: cfsr_x2]."),
+    data: Optional[str] = typer.Option(None, help="'photos' (scikit-image's bundled photos) or a folder of HR images."),
+    val: Optional[str] = typer.Option(None, help="Folder of HR validation images [photos: the held-out photos]."),
+    train_photos: Optional[str] = typer.Option(None, help="With --data photos: comma-separated photos to train on."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps [default: 2000]."),
+    batch_size: Optional[int] = typer.Option(None, help="Patches per step [default: 16]."),
+    patch: Optional[int] = typer.Option(None, help="LR patch size [default: 48]."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate [default: 2e-4]."),
+    ema_decay: Optional[float] = typer.Option(None, help="EMA decay of the evaluated weights [default: 0.999]."),
+    eval_every: Optional[int] = typer.Option(None, help="Evaluate every N steps [default: 250]."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps [default: 250]."),
+    seed: Optional[int] = typer.Option(None, help="Random seed [default: 0]."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch."),
+    output: Optional[str] = typer.Option(None, help="Parent folder of run folders [default: runs]."),
+    name: Optional[str] = typer.Option(None, help="Run folder name [default: <model>-<time>]."),
+    resume: Optional[str] = typer.Option(None, help="Continue the run in this folder."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar or evaluation lines."),
+):
+    """Train a super-resolution model (L1 loss, Adam, EMA) with checkpoints and exact resume."""
+    flags = {k: v for k, v in locals().items() if k != "quiet"}
+    from ..engine import build_config
+    from ..engine.config import SRTrainConfig
+    from ..engine.sr import train_sr
+    cfg = build_config(SRTrainConfig, None, **flags)
+    result = train_sr(cfg, progress=not quiet)
+    if "psnr" in result:
+        typer.echo(f"{cfg.model}: validation PSNR {result['psnr']:.2f} dB / SSIM {result['ssim']:.4f} "
+                   f"(bicubic {result['bicubic_psnr']:.2f} dB / {result['bicubic_ssim']:.4f}) after "
+                   f"{result['steps']} steps in {result['seconds']:.0f}s")
+    typer.echo(f"run folder: {result['folder']}")

@@ -97,3 +97,23 @@ def build_config(cls, config_file: str | None = None, **flags):
 
 def config_dict(cfg) -> dict:
     return asdict(cfg)
+
+
+@dataclass
+class SRTrainConfig:
+    model: str = "cfsr_x2"
+    data: str = "photos"                 # "photos" (scikit-image's bundled photos) or a folder of HR images
+    val: Optional[str] = None            # folder of HR validation images [photos: the held-out photos]
+    train_photos: str = "astronaut,coffee,rocket"   # with data=photos: the photos to train on (others: val)
+    steps: int = 2000
+    batch_size: int = 16
+    patch: int = 48                      # LR patch size (HR patches are patch * scale)
+    lr: float = 2e-4
+    ema_decay: Optional[float] = 0.999
+    eval_every: int = 250
+    checkpoint_every: int = 250
+    seed: int = 0
+    threads: Optional[int] = None
+    output: str = "runs"
+    name: Optional[str] = None
+    resume: Optional[str] = None
