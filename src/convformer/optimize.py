@@ -1,9 +1,10 @@
 """``convformer.optimize``: the fast inference path in one call.
 
-It folds every per-channel affine op into its neighbouring linear layer (see ``models/fold.py``),
-optionally casts the weights to bfloat16 (inputs are cast on the way in, outputs back to float32 on the
-way out) and optionally wraps the result in ``torch.compile``. The returned model is a copy in eval
-mode; the original is untouched.
+For MetaFormer models it folds every per-channel affine op into its neighbouring linear layer (see
+``models/fold.py``); for CFSR it returns the folded, stripe-by-stripe network of ``models/cfsr_fast.py``
+(``compile=True`` compiles the plain merged network instead). It optionally casts the weights to
+bfloat16 (inputs are cast on the way in, outputs back to float32 on the way out) and optionally wraps
+the result in ``torch.compile``. The returned model is a copy in eval mode; the original is untouched.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import torch
 from torch import nn
 
 from .errors import ConvformerError
+from .models.cfsr import CFSR
+from .models.cfsr_fast import FastCFSR
 from .models.fold import fold_metaformer
 from .models.metaformer import MetaFormer
 
@@ -46,6 +49,8 @@ def optimize(model: nn.Module, dtype: str | torch.dtype | None = None, compile: 
         p.requires_grad_(False)
     if fold and isinstance(fast, MetaFormer):
         fold_metaformer(fast)
+    elif isinstance(fast, CFSR):
+        fast = fast.merge() if compile or not fold else FastCFSR(fast)
     if dtype is not None and dtype != torch.float32:
         fast = fast.to(dtype)
         fast.register_forward_pre_hook(_cast_input)
