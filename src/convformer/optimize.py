@@ -58,3 +58,11 @@ def optimize(model: nn.Module, dtype: str | torch.dtype | None = None, compile: 
     if compile:
         fast = torch.compile(fast)
     return fast
+
+
+def optimize_for_export(model: nn.Module) -> nn.Module:
+    """The fastest form that exports to ONNX: MetaFormers folded; CFSR merged (its striped fast path is
+    eager-only Python, which a graph export would unroll for one image size)."""
+    if isinstance(model, CFSR):
+        return optimize(model, fold=False)
+    return optimize(model)

@@ -29,6 +29,7 @@ class WeightSource:
     num_classes: int = 1000
     input_size: int = 224
     top1: Optional[float] = None
+    onnx: Optional[str] = None  # the authors' ONNX export of the same network, beside ``filename``
 
 
 @dataclass(frozen=True)

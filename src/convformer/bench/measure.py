@@ -54,15 +54,23 @@ def matmul_ceiling(dtype=torch.float32, n: int = 2048, repeats: int = 5) -> floa
     return 2 * n ** 3 / best
 
 
-def training_step(model: torch.nn.Module, batch: torch.Tensor, num_classes: int) -> Callable[[], None]:
-    """One SGD step (forward, cross-entropy, backward, update) on fixed data."""
-    target = torch.randint(0, num_classes, (batch.shape[0],))
+def training_step(model: torch.nn.Module, batch: torch.Tensor) -> Callable[[], None]:
+    """One SGD step (forward, loss, backward, update) on fixed data: cross-entropy for classifiers,
+    L1 against a fixed image for super-resolution models (``scale`` attribute)."""
+    scale = getattr(model, "scale", None)
+    if scale:
+        b, c, h, w = batch.shape
+        target = torch.rand(b, c, h * scale, w * scale)
+        loss_fn = torch.nn.functional.l1_loss
+    else:
+        target = torch.randint(0, getattr(model, "num_classes", 0) or 1000, (batch.shape[0],))
+        loss_fn = torch.nn.functional.cross_entropy
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(batch), target)
+        loss = loss_fn(model(batch), target)
         loss.backward()
         optimizer.step()
     return step

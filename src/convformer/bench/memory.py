@@ -38,16 +38,18 @@ def _reset_peak() -> bool:
         return False
 
 
-def measure_in_this_process(spec: str, img_size: int, batch: int, train: bool, threads: int | None) -> dict:
+def measure_in_this_process(spec: str, img_size, batch: int, train: bool, threads: int | None,
+                            pretrained: bool = False) -> dict:
     import torch
     from .measure import training_step
-    from .runner import build_candidate
+    from .runner import build_candidate, parse_size
     if threads:
         torch.set_num_threads(threads)
-    fn, model, _ = build_candidate(spec, img_size, threads)
-    x = torch.randn(batch, 3, img_size, img_size)
+    hw = parse_size(img_size)
+    fn, model, _ = build_candidate(spec, hw, threads, pretrained)
+    x = torch.rand(batch, 3, *hw)
     if train:
-        run = training_step(model, x, 1000)
+        run = training_step(model, x)
     else:
         def run():
             with torch.inference_mode():
@@ -65,11 +67,15 @@ def measure_in_this_process(spec: str, img_size: int, batch: int, train: bool, t
     return {"peak_mb": round(peak_kb / 1024, 1), "exact": exact}
 
 
-def measure_peak_memory(spec: str, img_size: int, batch: int, train: bool = False,
-                        threads: int | None = None, timeout: float = 900) -> dict:
-    """Peak resident memory (MB) added by running ``spec``; measured in a child process."""
-    cmd = [sys.executable, "-m", "convformer.bench.memory", spec, "--img-size", str(img_size),
-           "--batch", str(batch)] + (["--train"] if train else []) + (["--threads", str(threads)] if threads else [])
+def measure_peak_memory(spec: str, img_size, batch: int, train: bool = False,
+                        threads: int | None = None, timeout: float = 900, pretrained: bool = False) -> dict:
+    """Peak resident memory (MB) added by running ``spec`` on (batch, 3, H, W) inputs (``img_size``: N,
+    (H, W) or "HxW"); measured in a child process."""
+    from .runner import parse_size
+    h, w = parse_size(img_size)
+    cmd = [sys.executable, "-m", "convformer.bench.memory", spec, "--img-size", f"{h}x{w}",
+           "--batch", str(batch)] + (["--train"] if train else []) + (["--threads", str(threads)] if threads else []) \
+        + (["--pretrained"] if pretrained else [])
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -85,12 +91,14 @@ def measure_peak_memory(spec: str, img_size: int, batch: int, train: bool = Fals
 def main() -> None:
     parser = argparse.ArgumentParser(description="Peak memory of one benchmark candidate (used by bench).")
     parser.add_argument("spec")
-    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--img-size", default="224", help="N or HxW")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--train", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--pretrained", action="store_true")
     args = parser.parse_args()
-    print(json.dumps(measure_in_this_process(args.spec, args.img_size, args.batch, args.train, args.threads)))
+    print(json.dumps(measure_in_this_process(args.spec, args.img_size, args.batch, args.train, args.threads,
+                                             args.pretrained)))
 
 
 if __name__ == "__main__":

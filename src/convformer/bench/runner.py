@@ -5,7 +5,11 @@ A candidate is a spec string:
   ``NAME@fast``       ``convformer.optimize`` (folded), fp32;  ``NAME@fast-bf16`` in bfloat16
   ``NAME@compile``    folded and ``torch.compile``d
   ``timm:NAME``       timm's model, eager; ``timm:NAME@compile``; ``timm:NAME@bf16`` (autocast)
-  ``onnx:NAME``       our model exported to ONNX, run in onnxruntime; ``onnx:timm:NAME`` timm's export
+  ``onnx:NAME``       our model exported to ONNX, run in onnxruntime; ``onnx:timm:NAME`` timm's export;
+                      ``onnx:NAME@official`` the authors' own ONNX export (CFSR), found like their weights
+
+Inputs are (batch, 3, H, W); the size defaults to the first model card's input size (224x224 for the
+classifiers, the 1280x720-output LR size for the super-resolution models).
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConvformerError
-from ..optimize import optimize
+from ..optimize import optimize, optimize_for_export
 from ..registry import create_model, model_card
 from .counts import count_macs, count_params
 from .measure import interleaved, matmul_ceiling, training_step
@@ -33,20 +37,59 @@ def _peer_timm(name: str):
         raise ConvformerError(f"timm has no model {name!r}") from err
 
 
-def build_candidate(spec: str, img_size: int, threads: int | None):
-    """Return (callable taking a batch -> output, base torch model for counting, model name)."""
+def parse_size(size) -> tuple[int, int] | None:
+    """224 / "224" -> (224, 224); "180x320" -> (180, 320) (height x width); None stays None."""
+    if size is None or isinstance(size, tuple):
+        return size
+    if isinstance(size, int):
+        return (size, size)
+    parts = str(size).lower().split("x")
+    try:
+        hw = tuple(int(p) for p in parts)
+    except ValueError:
+        hw = ()
+    if len(hw) not in (1, 2) or min(hw) < 1:
+        raise ConvformerError(f"--img-size takes N or HxW (e.g. 224 or 180x320), got {size!r}")
+    return hw * 2 if len(hw) == 1 else hw
+
+
+def default_size(specs: list[str]) -> tuple[int, int]:
+    """The input size of the first candidate's model card."""
+    name = specs[0].removeprefix("onnx:").partition("@")[0].removeprefix("timm:")
+    try:
+        return tuple(model_card(name).input_size[-2:])
+    except ConvformerError:
+        return (224, 224)
+
+
+def _onnx_runner(session):
+    input_name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {input_name: x.numpy()})
+
+
+def build_candidate(spec: str, img_size, threads: int | None, pretrained: bool = False):
+    """Return (callable taking a batch -> output, base torch model for counting, model name).
+
+    ``pretrained`` loads our models' published weights (timing barely depends on them, but the
+    authors' ONNX files carry trained weights, so a like-for-like run uses the same)."""
+    hw = parse_size(img_size)
     onnx = spec.startswith("onnx:")
     body = spec[len("onnx:"):] if onnx else spec
     name, _, variant = body.partition("@")
     is_timm = name.startswith("timm:")
     base_name = name[len("timm:"):] if is_timm else name
-    model = _peer_timm(base_name) if is_timm else create_model(base_name).eval()
+    model = _peer_timm(base_name) if is_timm else \
+        create_model(base_name, **({"pretrained": True} if pretrained else {})).eval()
     if onnx:
         from ..export import export_onnx, onnx_session
+        if variant == "official":
+            from ..weights.hub import official_onnx
+            return _onnx_runner(onnx_session(official_onnx(model_card(base_name)), threads)), model, base_name
+        if variant not in ("", "fast"):
+            raise ConvformerError(f"unknown benchmark variant {spec!r} (see `convformer bench --help`)")
         path = Path(tempfile.mkdtemp()) / f"{base_name}.onnx"
-        export_onnx(optimize(model) if variant == "fast" else model, path, img_size)
-        session = onnx_session(path, threads)
-        return (lambda x: session.run(None, {"images": x.numpy()})), model, base_name
+        export_onnx(optimize_for_export(model) if variant == "fast" else model, path, hw)
+        return _onnx_runner(onnx_session(path, threads)), model, base_name
     if variant in ("", "eager"):
         fn = model
     elif variant == "bf16" and is_timm:
@@ -62,23 +105,28 @@ def build_candidate(spec: str, img_size: int, threads: int | None):
     return fn, model, base_name
 
 
-def run_benchmark(specs: list[str], img_size: int = 224, batch: int = 32, repeats: int = 5, warmup: int = 2,
+def run_benchmark(specs: list[str], img_size=None, batch: int = 32, repeats: int = 5, warmup: int = 2,
                   threads: int | None = None, train: bool = False, latency: bool = True, memory: bool = False,
-                  progress=None) -> dict:
+                  progress=None, pretrained: bool = False) -> dict:
     """Measure every candidate, interleaved; ``memory`` adds peak memory measured in child processes
-    (compiled candidates are skipped there: compiling again per process would take minutes)."""
+    (compiled candidates are skipped there: compiling again per process would take minutes).
+    ``img_size``: N, (H, W) or "HxW"; None takes the first candidate's model card input size."""
     say = progress or (lambda msg: None)
+    if not specs:
+        raise ConvformerError("name at least one candidate to benchmark")
+    hw = parse_size(img_size) or default_size(specs)
     if threads:
         torch.set_num_threads(threads)
     ceiling = matmul_ceiling()
     cands = {}
     for spec in specs:
         say(f"building {spec}")
-        fn, model, name = build_candidate(spec, img_size, threads)
-        macs = count_macs(model, (3, img_size, img_size))
+        fn, model, name = build_candidate(spec, hw, threads, pretrained)
+        macs = count_macs(model, (3, *hw))
         cands[spec] = dict(fn=fn, model=model, name=name, macs=macs, params=count_params(model))
-    x = torch.randn(batch, 3, img_size, img_size)
+    x = torch.rand(batch, 3, *hw)  # [0, 1]: a valid image for the super-resolution models too
     x1 = x[:1].clone()
+    latency = latency and batch > 1  # at batch 1 the throughput run is the latency
     results = {spec: {"spec": spec, "model": c["name"], "params": c["params"], "macs": c["macs"]}
                for spec, c in cands.items()}
     say(f"timing {len(cands)} candidates, {repeats} interleaved rounds")
@@ -91,12 +139,14 @@ def run_benchmark(specs: list[str], img_size: int = 224, batch: int = 32, repeat
                              flops_fraction=2 * cands[spec]["macs"] * summ["per_s"] / ceiling)
         if spec in lat:
             results[spec]["latency_ms"] = 1000 * lat[spec].median
+        elif batch == 1:
+            results[spec]["latency_ms"] = 1000 * timing.median
     if train:
         steps = {}
         for spec, c in cands.items():
             if spec.startswith("onnx:") or "@" in spec:
                 continue  # training is measured on the eager models
-            steps[spec] = training_step(c["model"], x, 1000)
+            steps[spec] = training_step(c["model"], x)
         say(f"timing training steps of {len(steps)} candidates")
         for spec, timing in interleaved(steps, 1, max(2, repeats // 2)).items():
             results[spec]["train_throughput"] = batch / timing.median
@@ -105,12 +155,13 @@ def run_benchmark(specs: list[str], img_size: int = 224, batch: int = 32, repeat
             if spec.endswith("@compile"):
                 continue
             say(f"peak memory of {spec}")
-            results[spec]["peak_mb"] = measure_peak_memory(spec, img_size, batch, False, threads)["peak_mb"]
+            results[spec]["peak_mb"] = measure_peak_memory(spec, hw, batch, False, threads, pretrained=pretrained)["peak_mb"]
             if train and "train_throughput" in results[spec]:
-                results[spec]["train_peak_mb"] = measure_peak_memory(spec, img_size, batch, True, threads)["peak_mb"]
+                results[spec]["train_peak_mb"] = measure_peak_memory(spec, hw, batch, True, threads)["peak_mb"]
     return {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                         "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__},
-            "settings": {"img_size": img_size, "batch": batch, "repeats": repeats, "warmup": warmup},
+            "settings": {"img_size": list(hw), "batch": batch, "repeats": repeats, "warmup": warmup,
+                         "pretrained": pretrained},
             "matmul_ceiling_gflops": ceiling / 1e9, "results": list(results.values())}
 
 
@@ -142,7 +193,8 @@ def _top1(model: str):
         metrics = model_card(model).metrics
     except ConvformerError:
         return None
-    return next(iter(metrics.values()), None) if metrics else None
+    value = next(iter(metrics.values()), None) if metrics else None
+    return value if isinstance(value, (int, float)) else None  # classifiers' top-1; not SR's (PSNR, SSIM)
 
 
 def _kind(spec: str) -> str:
@@ -161,7 +213,8 @@ def _plot(report: dict, path: str) -> None:
     ax1.barh([r["spec"] for r in rows], [r["throughput"] for r in rows], color=[colors[_kind(r["spec"])] for r in rows])
     for i, r in enumerate(rows):
         ax1.text(r["throughput"], i, f" {r['throughput']:.1f}", va="center", fontsize=7)
-    ax1.set_xlabel(f"images / s (batch {report['settings']['batch']}, {report['settings']['img_size']}px)")
+    h, w = report["settings"]["img_size"]
+    ax1.set_xlabel(f"images / s (batch {report['settings']['batch']}, input {h}x{w})")
     ax1.tick_params(axis="y", labelsize=7)
     ax1.grid(axis="x", alpha=0.3)
     accs = {r["spec"]: _top1(r["model"]) for r in rows}

@@ -7,8 +7,8 @@ import typer
 
 from ..errors import ConvformerError
 from ..export import export_onnx
-from ..optimize import optimize
-from ..registry import create_model
+from ..optimize import optimize_for_export
+from ..registry import create_model, model_card
 from . import app
 from .evaluate import model_from_weights
 
@@ -24,15 +24,20 @@ def export(
     fast: bool = typer.Option(False, "--fast", help="Export the folded inference model (convformer.optimize)."),
 ):
     """Export to ONNX and check onnxruntime's outputs against PyTorch's."""
-    if weights:
-        net, _ = model_from_weights(weights, model, img_size)
-    elif model:
-        net = create_model(model, **({"img_size": img_size} if img_size else {})).eval()
+    if model and model_card(model).task == "super-resolution":  # any image size; weights of either layout
+        net = create_model(model, **({"pretrained": weights} if weights else {})).eval()
+        size, in_chans, dynamic = (img_size, img_size) if img_size else model_card(model).input_size[-2:], 3, \
+            "dynamic batch, height and width"
     else:
-        raise ConvformerError("pass --model NAME and/or --weights FILE")
-    size = img_size or net.cfg.img_size
+        if weights:
+            net, _ = model_from_weights(weights, model, img_size)
+        elif model:
+            net = create_model(model, **({"img_size": img_size} if img_size else {})).eval()
+        else:
+            raise ConvformerError("pass --model NAME and/or --weights FILE")
+        size, in_chans, dynamic = (img_size or net.cfg.img_size,) * 2, net.in_chans, "dynamic batch"
     if fast:
-        net = optimize(net)
-    result = export_onnx(net, output, size, in_chans=net.in_chans, opset=opset, atol=atol)
-    typer.echo(f"wrote {result['path']} (opset {opset}, {size}x{size}, dynamic batch); max |onnxruntime - "
+        net = optimize_for_export(net)
+    result = export_onnx(net, output, size, in_chans=in_chans, opset=opset, atol=atol)
+    typer.echo(f"wrote {result['path']} (opset {opset}, {size[0]}x{size[1]}, {dynamic}); max |onnxruntime - "
                f"PyTorch| = {result['max_abs_diff']:.2e}")

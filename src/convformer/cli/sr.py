@@ -18,11 +18,18 @@ sr_app = typer.Typer(no_args_is_help=True, help="Super-resolution: upscale and e
 app.add_typer(sr_app, name="sr")
 
 
-def _sr_model(model: str, weights: Optional[str]):
+def _sr_model(model: str, weights: Optional[str], fast: bool = False):
     if model not in list_models(task="super-resolution"):
         raise ConvformerError(f"{model!r} is not a super-resolution model; choose one of "
                               f"{', '.join(list_models(task='super-resolution'))}")
-    return create_model(model, pretrained=weights or True).eval()
+    net = create_model(model, pretrained=weights or True).eval()
+    if fast:
+        from ..optimize import optimize
+        net = optimize(net)
+    return net
+
+
+FAST_HELP = "Use the fast inference path (convformer.optimize: same outputs up to float rounding)."
 
 
 @sr_app.command("upscale")
@@ -34,12 +41,13 @@ def upscale_cmd(
     tile: Optional[int] = typer.Option(None, help="Upscale in tiles of this many LR pixels (bounds memory)."),
     tile_overlap: int = typer.Option(32, help="LR pixels of context around each tile."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    fast: bool = typer.Option(False, "--fast", help=FAST_HELP),
 ):
     """Write <name>_x<scale>.png for every input image."""
     from ..data.sr import image_files, load_rgb, save_png
     from ..engine.sr import upscale
     files = image_files(inputs)
-    net = _sr_model(model, weights)
+    net = _sr_model(model, weights, fast)
     targets = [output / f"{f.stem}_x{net.scale}.png" for f in files]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not overwrite:
@@ -53,27 +61,30 @@ def upscale_cmd(
 @sr_app.command("eval")
 def eval_cmd(
     hr_folder: Path = typer.Argument(..., help="Folder of high-resolution images (LR made by bicubic downsampling)."),
+    lr: Optional[Path] = typer.Option(None, "--lr", help="Folder of given LR images, paired with the HR images by "
+                                                         "name (e.g. 0001x4.png); default: bicubic downsampling."),
     model: str = typer.Option("cfsr_x4", help="cfsr_x2, cfsr_x3 or cfsr_x4."),
     weights: Optional[str] = typer.Option(None, help="Weight file [default: the card's official weights]."),
     output: Optional[Path] = typer.Option(None, help="Write metrics.csv, metrics.json and strip.png here."),
     tile: Optional[int] = typer.Option(None, help="Upscale in tiles of this many LR pixels."),
     tile_overlap: int = typer.Option(32, help="LR pixels of context around each tile."),
     as_json: bool = typer.Option(False, "--json", help="Print the mean metrics as JSON."),
+    fast: bool = typer.Option(False, "--fast", help=FAST_HELP),
 ):
     """Per-image and mean PSNR/SSIM (Y channel, border = scale) of the model and of bicubic upsampling."""
-    from ..data.sr import bicubic_down, bicubic_up, image_files, load_rgb, mod_crop
+    from ..data.sr import bicubic_down, bicubic_up, image_files, load_pair, load_rgb, mod_crop, paired_files
     from ..engine.sr import upscale
     from ..engine.sr_metrics import psnr_y, ssim_y
-    files = image_files([hr_folder])
-    net = _sr_model(model, weights)
+    net = _sr_model(model, weights, fast)
     s = net.scale
+    pairs = paired_files(hr_folder, lr, s) if lr else [(None, f) for f in image_files([hr_folder])]
     rows, crops = [], []
-    for f in tqdm(files, desc="evaluating", disable=len(files) < 2):
-        hr = mod_crop(load_rgb(f), s)
+    for lr_file, f in tqdm(pairs, desc="evaluating", disable=len(pairs) < 2):
+        lr_img, hr = load_pair(lr_file, f, s) if lr_file else (None, mod_crop(load_rgb(f), s))
         if min(hr.shape[-2:]) < 2 * s + 11:  # SSIM needs 11x11 after the border crop
             raise ConvformerError(f"{f} is too small to evaluate at x{s} ({hr.shape[-1]}x{hr.shape[-2]})")
-        lr = bicubic_down(hr, s)
-        sr, bic = upscale(net, lr, tile, tile_overlap), bicubic_up(lr, s)
+        lr_img = bicubic_down(hr, s) if lr_img is None else lr_img
+        sr, bic = upscale(net, lr_img, tile, tile_overlap), bicubic_up(lr_img, s)
         rows.append({"image": f.name, "psnr": psnr_y(sr, hr, s), "ssim": ssim_y(sr, hr, s),
                      "bicubic_psnr": psnr_y(bic, hr, s), "bicubic_ssim": ssim_y(bic, hr, s)})
         crops.append((bic, sr, hr))
@@ -117,6 +128,9 @@ def train_cmd(
     model: Optional[str] = typer.Option(None, help="cfsr_x2, cfsr_x3 or cfsr_x4 [default: cfsr_x2]."),
     data: Optional[str] = typer.Option(None, help="'photos' (scikit-image's bundled photos) or a folder of HR images."),
     val: Optional[str] = typer.Option(None, help="Folder of HR validation images [photos: the held-out photos]."),
+    data_lr: Optional[str] = typer.Option(None, help="Folder of given LR images paired with --data by name "
+                                                     "[default: bicubic downsampling]."),
+    val_lr: Optional[str] = typer.Option(None, help="Folder of given LR images paired with --val by name."),
     train_photos: Optional[str] = typer.Option(None, help="With --data photos: comma-separated photos to train on."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps [default: 2000]."),
     batch_size: Optional[int] = typer.Option(None, help="Patches per step [default: 16]."),

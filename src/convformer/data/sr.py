@@ -1,8 +1,11 @@
-"""Super-resolution data: the standard bicubic degradation and scikit-image's bundled photographs.
+"""Super-resolution data: the standard bicubic degradation, given LR/HR pairs, and scikit-image's
+bundled photographs.
 
-The low-resolution image is the high-resolution one downsampled by bicubic interpolation (with
-anti-aliasing, the convention of the SR benchmarks), after cropping the HR image to a multiple of the
-scale so that sizes match exactly.
+Without given LR images, the low-resolution image is the high-resolution one downsampled by bicubic
+interpolation (with anti-aliasing, the convention of the SR benchmarks), after cropping the HR image to
+a multiple of the scale so that sizes match exactly. With a folder of LR images (any degradation), each
+HR image is paired with the LR file of the same name, optionally with the usual ``x4`` / ``_x4`` suffix
+(DIV2K's ``0001x4.png``), in the same subfolder.
 """
 from __future__ import annotations
 
@@ -54,6 +57,44 @@ def image_files(paths) -> list:
         else:
             raise ConvformerError(f"image not found: {p}")
     return files
+
+
+def paired_files(hr_folder, lr_folder, scale: int) -> list:
+    """[(lr file, hr file)] for every HR image in ``hr_folder``, matched by relative path and name."""
+    from pathlib import Path
+    from ..errors import ConvformerError
+    hr_folder, lr_folder = Path(hr_folder), Path(lr_folder)
+    if not lr_folder.is_dir():
+        raise ConvformerError(f"LR folder not found: {lr_folder}")
+    lr_files = {}
+    for f in image_files([lr_folder]):
+        rel = f.relative_to(lr_folder)
+        lr_files[rel.with_suffix("").as_posix()] = f
+    pairs, missing = [], []
+    for hr in image_files([hr_folder]):
+        rel = hr.relative_to(hr_folder).with_suffix("").as_posix()
+        lr = next((lr_files[k] for k in (rel, f"{rel}x{scale}", f"{rel}_x{scale}", f"{rel}_X{scale}")
+                   if k in lr_files), None)
+        if lr is None:
+            missing.append(hr.relative_to(hr_folder).as_posix())
+        else:
+            pairs.append((lr, hr))
+    if missing:
+        raise ConvformerError(f"no LR image in {lr_folder} for {missing[0]}" +
+                              (f" and {len(missing) - 1} more" if len(missing) > 1 else "") +
+                              f" (LR files are matched by name, optionally with an x{scale} or _x{scale} suffix)")
+    return pairs
+
+
+def load_pair(lr_file, hr_file, scale: int) -> tuple:
+    """(LR, HR) tensors of a given pair, the HR image mod-cropped; the sizes must agree with the scale."""
+    from ..errors import ConvformerError
+    lr, hr = load_rgb(lr_file), mod_crop(load_rgb(hr_file), scale)
+    if (lr.shape[-2] * scale, lr.shape[-1] * scale) != tuple(hr.shape[-2:]):
+        raise ConvformerError(f"{lr_file} is {lr.shape[-1]}x{lr.shape[-2]} but {hr_file} is "
+                              f"{hr.shape[-1]}x{hr.shape[-2]} (after cropping to a multiple of {scale}); "
+                              f"at x{scale} the LR image must be exactly 1/{scale} of the HR size")
+    return lr, hr
 
 
 def load_rgb(path) -> torch.Tensor:

@@ -104,6 +104,8 @@ class SRTrainConfig:
     model: str = "cfsr_x2"
     data: str = "photos"                 # "photos" (scikit-image's bundled photos) or a folder of HR images
     val: Optional[str] = None            # folder of HR validation images [photos: the held-out photos]
+    data_lr: Optional[str] = None        # folder of given LR images paired with --data (else bicubic)
+    val_lr: Optional[str] = None         # folder of given LR images paired with --val (else bicubic)
     train_photos: str = "astronaut,coffee,rocket"   # with data=photos: the photos to train on (others: val)
     steps: int = 2000
     batch_size: int = 16

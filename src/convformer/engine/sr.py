@@ -35,67 +35,91 @@ def upscale(model, lr: torch.Tensor, tile: int | None = None, overlap: int = 32)
 
 
 # ---- training ----------------------------------------------------------------------------------------------
-def _hr_images(cfg) -> tuple[list, list, list[str]]:
-    """(train HR images, val HR images, val names), each (1, 3, H, W) in [0, 1]."""
-    from ..data.sr import BUNDLED_PHOTOS, bundled_photo, image_files, load_rgb
+def _sr_items(cfg, scale: int) -> tuple[list, list, list[str]]:
+    """(train items, val items, val names); an item is (LR or None, HR), each (1, 3, H, W) in [0, 1].
+    LR is None where it is made by bicubic downsampling; given LR/HR pairs come from --data-lr / --val-lr."""
+    from ..data.sr import BUNDLED_PHOTOS, bundled_photo, image_files, load_pair, load_rgb, paired_files
+
+    def folder_items(hr_folder, lr_folder):
+        if lr_folder:
+            pairs = paired_files(hr_folder, lr_folder, scale)
+            return [load_pair(lr, hr, scale) for lr, hr in pairs], [hr.name for _, hr in pairs]
+        files = image_files([hr_folder])
+        return [(None, load_rgb(f)) for f in files], [f.name for f in files]
+
+    if cfg.val_lr and not cfg.val:
+        raise ConvformerError("--val-lr needs --val (the HR validation images it pairs with)")
     if cfg.data == "photos":
+        if cfg.data_lr:
+            raise ConvformerError("--data-lr pairs with a folder of HR images; pass --data FOLDER")
         chosen = [p for p in cfg.train_photos.split(",") if p]
         unknown = [p for p in chosen if p not in BUNDLED_PHOTOS]
         if unknown or not chosen:
             raise ConvformerError(f"--train-photos must name bundled photos ({', '.join(BUNDLED_PHOTOS)}); got {unknown}")
-        train = [bundled_photo(p) for p in chosen]
-        val_names = [p for p in BUNDLED_PHOTOS if p not in chosen]
+        train = [(None, bundled_photo(p)) for p in chosen]
         if cfg.val:
-            val_files = image_files([cfg.val])
-            return train, [load_rgb(f) for f in val_files], [f.name for f in val_files]
+            return (train, *folder_items(cfg.val, cfg.val_lr))
+        val_names = [p for p in BUNDLED_PHOTOS if p not in chosen]
         if not val_names:
             raise ConvformerError("every bundled photo is used for training; leave some out or pass --val")
-        return train, [bundled_photo(p) for p in val_names], val_names
-    train_files = image_files([cfg.data])
-    val_files = image_files([cfg.val]) if cfg.val else []
-    if not val_files:
+        return train, [(None, bundled_photo(p)) for p in val_names], val_names
+    if not cfg.val:
         raise ConvformerError("pass --val FOLDER of HR validation images when --data is a folder")
-    return [load_rgb(f) for f in train_files], [load_rgb(f) for f in val_files], [f.name for f in val_files]
+    train, _ = folder_items(cfg.data, cfg.data_lr)
+    return (train, *folder_items(cfg.val, cfg.val_lr))
 
 
-def random_patches(images: list, n: int, hr_size: int, seed: int) -> torch.Tensor:
-    """``n`` random HR crops with random flips and 90-degree rotations, drawn from ``seed`` alone."""
+def random_patches(items: list, n: int, patch: int, scale: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` random (LR, HR) crops, LR ``patch`` pixels square, with random flips and 90-degree rotations,
+    drawn from ``seed`` alone. Items are (LR or None, HR); without a given LR the HR crop is downsampled."""
+    from ..data.sr import bicubic_down
     g = torch.Generator().manual_seed(seed)
-    usable = [im for im in images if min(im.shape[-2:]) >= hr_size]
+    hr_size = patch * scale
+    usable = [it for it in items if min(it[1].shape[-2:]) >= hr_size]
     if not usable:
         raise ConvformerError(f"no training image is at least {hr_size}x{hr_size}; lower --patch")
-    out = []
+    lrs, hrs = [], []
     for _ in range(n):
-        im = usable[int(torch.randint(len(usable), (1,), generator=g))]
-        y = int(torch.randint(im.shape[-2] - hr_size + 1, (1,), generator=g))
-        x = int(torch.randint(im.shape[-1] - hr_size + 1, (1,), generator=g))
-        p = im[0, :, y:y + hr_size, x:x + hr_size]
+        lr, hr = usable[int(torch.randint(len(usable), (1,), generator=g))]
+        y = int(torch.randint(hr.shape[-2] // scale - patch + 1, (1,), generator=g)) * scale
+        x = int(torch.randint(hr.shape[-1] // scale - patch + 1, (1,), generator=g)) * scale
+        crops = [hr[0, :, y:y + hr_size, x:x + hr_size]]
+        if lr is not None:
+            crops.append(lr[0, :, y // scale:y // scale + patch, x // scale:x // scale + patch])
         if torch.rand(1, generator=g) < 0.5:
-            p = p.flip(-1)
+            crops = [c.flip(-1) for c in crops]
         if torch.rand(1, generator=g) < 0.5:
-            p = p.flip(-2)
-        p = torch.rot90(p, int(torch.randint(4, (1,), generator=g)), dims=(-2, -1))
-        out.append(p)
-    return torch.stack(out)
+            crops = [c.flip(-2) for c in crops]
+        k = int(torch.randint(4, (1,), generator=g))
+        crops = [torch.rot90(c, k, dims=(-2, -1)) for c in crops]
+        hrs.append(crops[0])
+        lrs.append(crops[1] if lr is not None else None)
+    hr = torch.stack(hrs)
+    if all(lr is None for lr in lrs):
+        return bicubic_down(hr, scale), hr
+    if any(lr is None for lr in lrs):
+        raise ConvformerError("mix of given and bicubic LR images in one training set")
+    return torch.stack(lrs), hr
 
 
-def evaluate_sr(model, images: list, scale: int) -> dict:
-    """Mean Y-channel PSNR/SSIM of the model and of bicubic on HR images (LR by bicubic downsampling)."""
+def evaluate_sr(model, items: list, scale: int) -> dict:
+    """Mean Y-channel PSNR/SSIM of the model and of bicubic upsampling on (LR or None, HR) items; a None
+    LR is made by bicubic downsampling of the HR image."""
     from ..data.sr import bicubic_down, bicubic_up, mod_crop
     from .sr_metrics import psnr_y, ssim_y
     was = model.training
     model.eval()
     sums = {"psnr": 0.0, "ssim": 0.0, "bicubic_psnr": 0.0, "bicubic_ssim": 0.0}
-    for im in images:
+    for lr, im in items:
         hr = mod_crop(im, scale)
-        lr = bicubic_down(hr, scale)
+        lr = bicubic_down(hr, scale) if lr is None else lr
         sr, bic = upscale(model, lr), bicubic_up(lr, scale)
         sums["psnr"] += psnr_y(sr, hr, scale)
         sums["ssim"] += ssim_y(sr, hr, scale)
         sums["bicubic_psnr"] += psnr_y(bic, hr, scale)
         sums["bicubic_ssim"] += ssim_y(bic, hr, scale)
     model.train(was)
-    return {k: v / len(images) for k, v in sums.items()}
+    return {k: v / len(items) for k, v in sums.items()}
 
 
 def train_sr(cfg, progress: bool = True, log=print) -> dict:
@@ -107,7 +131,6 @@ def train_sr(cfg, progress: bool = True, log=print) -> dict:
 
     from tqdm import tqdm
 
-    from ..data.sr import bicubic_down
     from ..registry import create_model, list_models
     from ..weights import save_weights
     from ..weights.io import atomic_write
@@ -129,9 +152,9 @@ def train_sr(cfg, progress: bool = True, log=print) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    train_images, val_images, val_names = _hr_images(cfg)
     model = create_model(cfg.model, merged=False)
     scale = model.scale
+    train_items, val_items, val_names = _sr_items(cfg, scale)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
     ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay else None
     step, best = 0, -1.0
@@ -151,8 +174,7 @@ def train_sr(cfg, progress: bool = True, log=print) -> dict:
     bar = tqdm(total=cfg.steps, initial=step, desc=f"training {cfg.model}", disable=not progress, unit="step")
     model.train()
     while step < cfg.steps:
-        hr = random_patches(train_images, cfg.batch_size, cfg.patch * scale, mix_seed(cfg.seed, step))
-        lr = bicubic_down(hr, scale)
+        lr, hr = random_patches(train_items, cfg.batch_size, cfg.patch, scale, mix_seed(cfg.seed, step))
         loss = torch.nn.functional.l1_loss(model(lr), hr)
         if not torch.isfinite(loss):
             raise ConvformerError(f"loss became {loss.item()} at step {step + 1}; stopped, the last checkpoint in "
@@ -168,7 +190,7 @@ def train_sr(cfg, progress: bool = True, log=print) -> dict:
         bar.set_postfix(l1=f"{loss.item():.4f}")
         if step % cfg.eval_every == 0 or step == cfg.steps:
             net = ema.module if ema is not None else model
-            val = evaluate_sr(net, val_images, scale)
+            val = evaluate_sr(net, val_items, scale)
             row = {"step": step, "train_l1": round(loss_sum / max(seen, 1), 5),
                    **{k: round(v, 4) for k, v in val.items()}, "time_s": round(time.time() - start, 1)}
             loss_sum, seen = 0.0, 0

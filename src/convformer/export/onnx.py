@@ -1,6 +1,7 @@
 """ONNX export with an output-parity check in ONNX Runtime.
 
-The graph is exported with a dynamic batch dimension, then run in onnxruntime on a random batch and
+The graph is exported with a dynamic batch dimension (and dynamic height and width for the
+super-resolution models, which take any image size), then run in onnxruntime on a random batch and
 compared with PyTorch; the file is only put in place (atomically) if the largest absolute difference
 is within tolerance, so a wrong export never replaces a good file.
 """
@@ -26,23 +27,29 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, img_size: int, in_chans: int = 3,
-                opset: int = 17, atol: float = 1e-4, check_batch: int = 2) -> dict:
+def export_onnx(model: nn.Module, path: str | os.PathLike, img_size, in_chans: int = 3,
+                opset: int = 17, atol: float = 1e-4, check_batch: int = 2, dynamic_size: bool | None = None) -> dict:
     """Export ``model`` (eval mode) to ``path``; returns {"path", "max_abs_diff", "opset"}.
 
-    Raises ConvformerError if onnxruntime's output differs from PyTorch's by more than ``atol``.
+    ``img_size``: N or (H, W). ``dynamic_size`` (default: for models with a ``scale``, i.e.
+    super-resolution) also leaves height and width free. Raises ConvformerError if onnxruntime's output
+    differs from PyTorch's by more than ``atol``.
     """
     model = model.eval()
-    example = torch.randn(1, in_chans, img_size, img_size)
+    hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    example = torch.rand(1, in_chans, *hw)
     path = Path(path)
+    if dynamic_size is None:
+        dynamic_size = bool(getattr(model, "scale", None))
+    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
 
     def write(tmp: str) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes on input checks, constant for a fixed size
             torch.onnx.export(model, (example,), tmp, input_names=["images"], output_names=["output"],
-                              dynamic_axes={"images": {0: "batch"}, "output": {0: "batch"}},
+                              dynamic_axes={"images": axes, "output": axes},
                               opset_version=opset, dynamo=False)
-        diff = _compare(model, tmp, in_chans, img_size, check_batch)
+        diff = _compare(model, tmp, in_chans, hw, check_batch)
         result["max_abs_diff"] = diff
         if not diff <= atol:
             raise ConvformerError(f"ONNX export of {path.name} differs from PyTorch by {diff:.3g} "
@@ -53,8 +60,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, img_size: int, in_cha
     return result
 
 
-def _compare(model: nn.Module, onnx_path: str, in_chans: int, img_size: int, batch: int) -> float:
-    x = torch.randn(batch, in_chans, img_size, img_size, generator=torch.Generator().manual_seed(0))
+def _compare(model: nn.Module, onnx_path: str, in_chans: int, hw: tuple, batch: int) -> float:
+    x = torch.rand(batch, in_chans, *hw, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = model(x)
     out = onnx_session(onnx_path).run(None, {"images": x.numpy()})[0]

@@ -221,7 +221,7 @@ for _s in (2, 3, 4):
         metrics={f"{k}_psnr_ssim": v for k, v in _METRICS.get(_s, {}).items()}, paper=PAPER, code=CODE,
         weights=(WeightSource(tag="official", repo_id="github:Aitical/CFSR/model_zoo",
                               filename=f"CFSR_x{_s}.pth", layout="official", num_classes=0,
-                              input_size=720 // _s),),
+                              input_size=720 // _s, onnx=f"CFSRx{_s}.onnx"),),
         preprocessing=dict(range=(0.0, 1.0), color="RGB", scale=_s),
         notes=("Parameters counted in the inference (merged) form, as released; the training form adds "
                "6 scalars per hidden channel per block for the edge branches.",

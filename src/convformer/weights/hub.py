@@ -33,6 +33,14 @@ def resolve_pretrained(card, pretrained) -> tuple[str, int | None]:
     return _download(source.repo_id, source.filename, card.name), source.num_classes
 
 
+def official_onnx(card) -> str:
+    """Local path of the authors' ONNX export of ``card``'s network (found like its weights)."""
+    source = next((w for w in card.weights if w.onnx), None)
+    if source is None:
+        raise ConvformerError(f"{card.name} has no official ONNX export; use onnx:{card.name} to export ours")
+    return _download(source.repo_id, source.onnx, card.name)
+
+
 def local_weight_dirs() -> list[Path]:
     """Folders searched for weights that are not on the hub: $CONVFORMER_WEIGHTS, ~/.cache/convformer,
     and the project's shared weights folder next to a source checkout (``../shared/weights``)."""
