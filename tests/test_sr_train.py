@@ -55,3 +55,20 @@ def test_sr_train_bad_input_is_a_one_line_error(sr_data, tmp_path, capsys):
     assert "pass --val" in capsys.readouterr().err
     assert main(["sr", "train", "--train-photos", "moon", "--output", str(tmp_path)]) == 2
     assert "--train-photos must name bundled photos" in capsys.readouterr().err
+
+
+def test_sr_train_default_data_is_the_bundled_photos_with_held_out_validation(tmp_path):
+    """`sr train` with no data flags trains on three bundled photos and validates on the other three; the
+    bicubic baseline it logs is the one computed here from those three photos."""
+    from safetensors import safe_open
+    from convformer.data.sr import bicubic_down, bicubic_up, mod_crop
+    from convformer.engine.sr_metrics import psnr_y
+    assert main(["sr", "train", "--steps", "1", "--batch-size", "1", "--patch", "8", "--eval-every", "1",
+                 "--threads", "2", "--output", str(tmp_path), "--name", "photos", "--quiet"]) == 0
+    rows = json.loads((tmp_path / "photos" / "metrics.json").read_text())
+    with safe_open(str(tmp_path / "photos" / "last.safetensors"), "pt") as f:
+        val_names = json.loads(f.metadata()["val_images"])
+    assert val_names == ["chelsea", "immunohistochemistry", "hubble_deep_field"]
+    hrs = [mod_crop(bundled_photo(n), 2) for n in val_names]
+    expected = sum(psnr_y(bicubic_up(bicubic_down(hr, 2), 2), hr, 2) for hr in hrs) / 3
+    assert rows[-1]["bicubic_psnr"] == pytest.approx(expected, abs=1e-3)
