@@ -32,8 +32,8 @@ def ratios(report: dict) -> str:
                   f"  ours fp32 (@fast) / official ONNX in onnxruntime   {get(f'{m}@fast') / official:.2f}x "
                   "(target >= 1.0)",
                   f"  ours fp32 eager   / official ONNX in onnxruntime   {get(m) / official:.2f}x",
-                  f"  ours bf16 (@fast-bf16) / official ONNX fp32         {get(f'{m}@fast-bf16') / official:.2f}x "
-                  "(onnxruntime has no CPU bf16 Conv)",
+                  *([f"  ours bf16 (@fast-bf16) / official ONNX fp32         {get(f'{m}@fast-bf16') / official:.2f}x "
+                     "(onnxruntime has no CPU bf16 Conv)"] if f"{m}@fast-bf16" in by else []),
                   f"  latency: ours {get(f'{m}@fast', 'latency_ms'):.0f} ms, official ONNX "
                   f"{get(f'onnx:{m}@official', 'latency_ms'):.0f} ms per image"]
     return "\n".join(lines)

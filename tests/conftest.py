@@ -20,3 +20,13 @@ def small_kwargs(name: str, size: int = 64) -> dict:
 @pytest.fixture
 def rng():
     return torch.Generator().manual_seed(0)
+
+
+def load_benchmark(name: str):
+    """Import benchmarks/<name>.py (the benchmark scripts are not a package)."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script

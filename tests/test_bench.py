@@ -54,12 +54,8 @@ def test_memory_of_a_broken_candidate_is_reported_not_raised():
 
 
 def test_benchmark_script_runs_on_a_tiny_input_and_reports_the_target_ratios(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).parents[1] / "benchmarks" / "metaformer_speed.py"
-    spec = importlib.util.spec_from_file_location("metaformer_speed", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from conftest import load_benchmark
+    script = load_benchmark("metaformer_speed")
     out = tmp_path / "speed.json"
     script.main(["--models", "convformer_s18", "--img-size", "32", "--batch", "2", "--repeats", "1", "--threads", "1",
                  "--variants", "{m}", "{m}@fast", "timm:{m}", "onnx:timm:{m}", "--no-memory", "--output", str(out)])

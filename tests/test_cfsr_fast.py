@@ -114,12 +114,8 @@ def test_bench_default_size_is_the_cards_and_official_onnx_needs_one():
 
 @needs_weights
 def test_bench_official_onnx_against_ours_and_the_benchmark_script(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).parents[1] / "benchmarks" / "cfsr_speed.py"
-    spec = importlib.util.spec_from_file_location("cfsr_speed", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from conftest import load_benchmark
+    script = load_benchmark("cfsr_speed")
     out = tmp_path / "speed.json"
     script.main(["--img-size", "10x16", "--repeats", "1", "--warmup", "0", "--threads", "1", "--no-memory",
                  "--output", str(out)])
@@ -135,3 +131,18 @@ def test_bench_official_onnx_against_ours_and_the_benchmark_script(tmp_path, cap
 def test_bench_bad_size_is_a_one_line_error(capsys):
     assert main(["bench", "cfsr_x2", "--img-size", "12x", "--batch", "1"]) == 2
     assert "N or HxW" in capsys.readouterr().err
+
+
+def test_cfsr_onnx_export_takes_any_image_size(tmp_path):
+    """The super-resolution export leaves height and width free: exported at 16x16, run at 20x27."""
+    from convformer.export import onnx_session
+    model = _random_cfsr(scale=2, merged=True)
+    weights = tmp_path / "w.safetensors"
+    convformer.save_weights(model, weights)
+    assert main(["export", str(tmp_path / "sr.onnx"), "--model", "cfsr_x2", "--weights", str(weights),
+                 "--img-size", "16", "--fast"]) == 0
+    x = torch.rand(1, 3, 20, 27)
+    out = onnx_session(tmp_path / "sr.onnx").run(None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert out.shape == (1, 3, 40, 54) and np.abs(out - ref).max() <= 1e-4

@@ -170,8 +170,9 @@ def format_table(report: dict) -> str:
             f"{'%peak':>7}{'MB':>7}{'train img/s':>12}{'train MB':>9}"]
     for r in report["results"]:
         lo, hi = r["throughput_spread"]
-        rows.append(f"{r['spec']:<32}{r['params'] / 1e6:>9.2f}{r['macs'] / 1e9:>7.2f}{r['throughput']:>9.1f}"
-                    f"{f'{lo:.1f}-{hi:.1f}':>16}{r.get('latency_ms', float('nan')):>8.1f}"
+        d = 1 if r["throughput"] >= 10 else 2 if r["throughput"] >= 0.1 else 3  # slow models: more digits
+        rows.append(f"{r['spec']:<32}{r['params'] / 1e6:>9.2f}{r['macs'] / 1e9:>7.2f}{r['throughput']:>9.{d}f}"
+                    f"{f'{lo:.{d}f}-{hi:.{d}f}':>16}{r.get('latency_ms', float('nan')):>8.1f}"
                     f"{100 * r['flops_fraction']:>7.1f}{r.get('peak_mb', float('nan')):>7.0f}"
                     f"{r.get('train_throughput', float('nan')):>12.1f}{r.get('train_peak_mb', float('nan')):>9.0f}")
     rows.append("img/s: batch throughput (median; spread = slowest..fastest run); b1 ms: batch-1 latency; %peak: "
