@@ -41,6 +41,27 @@ def test_striped_fast_path_equals_the_plain_network(stripe, size):
     assert (ref - up).abs().max() > 1e-2  # the blocks change the result: the comparison is not vacuous
 
 
+def test_fast_path_uses_stripes_even_without_no_grad(monkeypatch):
+    """A caller who forgets ``torch.no_grad()`` still gets the striped path (not one whole-image stripe),
+    and the same numbers; under tracing a stripe covers the whole image (one graph for any height)."""
+    from convformer.models import cfsr_fast
+    model = _random_cfsr(scale=2)
+    fast = FastCFSR(model, stripe_rows=8)
+    seen = []
+    original = cfsr_fast.FastCFSRBlock._mixer_stripe
+    monkeypatch.setattr(cfsr_fast.FastCFSRBlock, "_mixer_stripe",
+                        lambda self, x, out, r0, r1, *a: seen.append((r0, r1)) or original(self, x, out, r0, r1, *a))
+    x = torch.rand(1, 3, 30, 12)
+    out = fast(x)  # grad mode on
+    assert not out.requires_grad
+    assert seen[:4] == [(0, 8), (8, 16), (16, 24), (24, 30)]
+    with torch.no_grad():
+        assert (out - model(x)).abs().max() <= 1e-5
+    seen.clear()
+    torch.jit.trace(fast, x, check_trace=False)
+    assert {(int(r0), int(r1)) for r0, r1 in seen} == {(0, 30)}
+
+
 def test_optimize_returns_the_fast_path_and_leaves_the_model_alone():
     model = _random_cfsr(scale=2)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -17,7 +17,7 @@ stay in the CPU cache:
   so the rows it reads are still in cache.
 
 The result equals the plain model up to float rounding (the tests compare them). The path is for
-inference only (it runs under ``no_grad``); under tracing or ``torch.compile`` a stripe covers the whole
+inference only (it always runs under ``no_grad``); under tracing or ``torch.compile`` a stripe covers the whole
 image.
 """
 from __future__ import annotations
@@ -41,9 +41,11 @@ def stripe_rows(width: int, channels: int = 96, itemsize: int = 4) -> int:
     return max(4, STRIPE_BYTES // (width * channels * itemsize))
 
 
-def _eager_inference() -> bool:
-    return not torch.is_grad_enabled() and not torch.jit.is_tracing() \
-        and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export()
+def _eager() -> bool:
+    """True unless the forward is being traced, compiled or exported. (Gradients do not matter: the path
+    always runs under ``no_grad``, so a caller who forgot ``torch.no_grad()`` still gets the stripes.)"""
+    return not torch.jit.is_tracing() and not torch.compiler.is_compiling() \
+        and not torch.onnx.is_in_onnx_export()
 
 
 def _normalize_rows(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -194,7 +196,7 @@ class FastCFSR(nn.Module):
         if x.ndim != 4 or x.shape[1] != 3:
             from ..errors import ConvformerError
             raise ConvformerError(f"CFSR expects images (B, 3, H, W), got shape {tuple(x.shape)}")
-        if not _eager_inference():
+        if not _eager():
             stripe = x.shape[-2]
         else:
             stripe = self.stripe_rows or stripe_rows(x.shape[-1], 2 * self.cfg.dim, x.element_size())
