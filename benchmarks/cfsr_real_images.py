@@ -9,11 +9,9 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 import convformer
-from convformer.data.sr import BUNDLED_PHOTOS, bicubic_down, bicubic_up, bundled_photo, mod_crop
-from convformer.engine.sr_metrics import psnr_y, ssim_y
+from convformer.data.sr import BUNDLED_PHOTOS, bundled_photo
+from convformer.engine.sr import score_image
 from convformer.weights.hub import local_weight_dirs
 
 
@@ -22,14 +20,10 @@ def evaluate(weights_dir: Path, photos=BUNDLED_PHOTOS, scales=(2, 3, 4)) -> list
     for scale in scales:
         model = convformer.create_model(f"cfsr_x{scale}", pretrained=str(weights_dir / f"CFSR_x{scale}.pth")).eval()
         for name in photos:
-            hr = mod_crop(bundled_photo(name), scale)
-            lr = bicubic_down(hr, scale)
-            with torch.inference_mode():
-                sr = model(lr).clamp(0, 1)
-            bic = bicubic_up(lr, scale)
+            scores, (_, _, hr) = score_image(model, None, bundled_photo(name), scale)
             rows.append({"scale": scale, "photo": name, "size": list(hr.shape[-2:]),
-                         "bicubic_psnr": psnr_y(bic, hr, scale), "cfsr_psnr": psnr_y(sr, hr, scale),
-                         "bicubic_ssim": ssim_y(bic, hr, scale), "cfsr_ssim": ssim_y(sr, hr, scale)})
+                         "bicubic_psnr": scores["bicubic_psnr"], "cfsr_psnr": scores["psnr"],
+                         "bicubic_ssim": scores["bicubic_ssim"], "cfsr_ssim": scores["ssim"]})
     return rows
 
 

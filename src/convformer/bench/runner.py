@@ -157,7 +157,8 @@ def run_benchmark(specs: list[str], img_size=None, batch: int = 32, repeats: int
             say(f"peak memory of {spec}")
             results[spec]["peak_mb"] = measure_peak_memory(spec, hw, batch, False, threads, pretrained=pretrained)["peak_mb"]
             if train and "train_throughput" in results[spec]:
-                results[spec]["train_peak_mb"] = measure_peak_memory(spec, hw, batch, True, threads)["peak_mb"]
+                results[spec]["train_peak_mb"] = measure_peak_memory(spec, hw, batch, True, threads,
+                                                                       pretrained=pretrained)["peak_mb"]
     return {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                         "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__},
             "settings": {"img_size": list(hw), "batch": batch, "repeats": repeats, "warmup": warmup,

@@ -72,9 +72,8 @@ def eval_cmd(
     fast: bool = typer.Option(False, "--fast", help=FAST_HELP),
 ):
     """Per-image and mean PSNR/SSIM (Y channel, border = scale) of the model and of bicubic upsampling."""
-    from ..data.sr import bicubic_down, bicubic_up, image_files, load_pair, load_rgb, mod_crop, paired_files
-    from ..engine.sr import upscale
-    from ..engine.sr_metrics import psnr_y, ssim_y
+    from ..data.sr import image_files, load_pair, load_rgb, mod_crop, paired_files
+    from ..engine.sr import METRICS, score_image
     net = _sr_model(model, weights, fast)
     s = net.scale
     pairs = paired_files(hr_folder, lr, s) if lr else [(None, f) for f in image_files([hr_folder])]
@@ -83,12 +82,10 @@ def eval_cmd(
         lr_img, hr = load_pair(lr_file, f, s) if lr_file else (None, mod_crop(load_rgb(f), s))
         if min(hr.shape[-2:]) < 2 * s + 11:  # SSIM needs 11x11 after the border crop
             raise ConvformerError(f"{f} is too small to evaluate at x{s} ({hr.shape[-1]}x{hr.shape[-2]})")
-        lr_img = bicubic_down(hr, s) if lr_img is None else lr_img
-        sr, bic = upscale(net, lr_img, tile, tile_overlap), bicubic_up(lr_img, s)
-        rows.append({"image": f.name, "psnr": psnr_y(sr, hr, s), "ssim": ssim_y(sr, hr, s),
-                     "bicubic_psnr": psnr_y(bic, hr, s), "bicubic_ssim": ssim_y(bic, hr, s)})
-        crops.append((bic, sr, hr))
-    mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")}
+        scores, images = score_image(net, lr_img, hr, s, tile, tile_overlap)
+        rows.append({"image": f.name, **scores})
+        crops.append(images)
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in METRICS}
     if output:
         _write_eval(output, rows, mean, crops)
     if as_json:

@@ -102,24 +102,31 @@ def random_patches(items: list, n: int, patch: int, scale: int, seed: int) -> tu
     return torch.stack(lrs), hr
 
 
-def evaluate_sr(model, items: list, scale: int) -> dict:
-    """Mean Y-channel PSNR/SSIM of the model and of bicubic upsampling on (LR or None, HR) items; a None
-    LR is made by bicubic downsampling of the HR image."""
+METRICS = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
+
+
+def score_image(model, lr: torch.Tensor | None, hr: torch.Tensor, scale: int, tile: int | None = None,
+                overlap: int = 32) -> tuple[dict, tuple]:
+    """Y-channel PSNR/SSIM (border = scale) of the model and of bicubic upsampling on one image.
+
+    ``hr`` is cropped to a multiple of ``scale``; ``lr`` None is made from it by bicubic downsampling.
+    Returns ({"psnr", "ssim", "bicubic_psnr", "bicubic_ssim"}, (bicubic, model output, HR))."""
     from ..data.sr import bicubic_down, bicubic_up, mod_crop
     from .sr_metrics import psnr_y, ssim_y
+    hr = mod_crop(hr, scale)
+    lr = bicubic_down(hr, scale) if lr is None else lr
+    sr, bic = upscale(model, lr, tile, overlap), bicubic_up(lr, scale)
+    return {"psnr": psnr_y(sr, hr, scale), "ssim": ssim_y(sr, hr, scale), "bicubic_psnr": psnr_y(bic, hr, scale),
+            "bicubic_ssim": ssim_y(bic, hr, scale)}, (bic, sr, hr)
+
+
+def evaluate_sr(model, items: list, scale: int) -> dict:
+    """Mean of ``score_image`` over (LR or None, HR) items."""
     was = model.training
     model.eval()
-    sums = {"psnr": 0.0, "ssim": 0.0, "bicubic_psnr": 0.0, "bicubic_ssim": 0.0}
-    for lr, im in items:
-        hr = mod_crop(im, scale)
-        lr = bicubic_down(hr, scale) if lr is None else lr
-        sr, bic = upscale(model, lr), bicubic_up(lr, scale)
-        sums["psnr"] += psnr_y(sr, hr, scale)
-        sums["ssim"] += ssim_y(sr, hr, scale)
-        sums["bicubic_psnr"] += psnr_y(bic, hr, scale)
-        sums["bicubic_ssim"] += ssim_y(bic, hr, scale)
+    scores = [score_image(model, lr, hr, scale)[0] for lr, hr in items]
     model.train(was)
-    return {k: v / len(items) for k, v in sums.items()}
+    return {k: sum(s[k] for s in scores) / len(scores) for k in METRICS}
 
 
 def train_sr(cfg, progress: bool = True, log=print) -> dict:

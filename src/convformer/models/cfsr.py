@@ -42,6 +42,13 @@ class CFSRConfig:
     img_range: float = 1.0
 
 
+def check_images(x: torch.Tensor) -> None:
+    """Both CFSR forms take a batch of RGB images; anything else gets a clear error."""
+    if x.ndim != 4 or x.shape[1] != 3:
+        from ..errors import ConvformerError
+        raise ConvformerError(f"CFSR expects images (B, 3, H, W), got shape {tuple(x.shape)}")
+
+
 class CFSRBlock(nn.Module):
     def __init__(self, cfg: CFSRConfig, merged: bool):
         super().__init__()
@@ -121,9 +128,7 @@ class CFSR(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> (B, 3, sH, sW)."""
-        if x.ndim != 4 or x.shape[1] != 3:
-            from ..errors import ConvformerError
-            raise ConvformerError(f"CFSR expects images (B, 3, H, W), got shape {tuple(x.shape)}")
+        check_images(x)
         out = self.upsample(self.forward_features(x))
         return out / self.cfg.img_range + self.mean
 

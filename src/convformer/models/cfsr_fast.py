@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cfsr import CFSR, CFSRBlock
+from .cfsr import CFSR, CFSRBlock, check_images
 from .fold import _fold_input_affine, _fold_output_scale
 
 #: Target size of one stripe of the 96-channel hidden activations: about 6 MB (51 rows of a 320-pixel
@@ -204,9 +204,7 @@ class FastCFSR(nn.Module):
             p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != 3:
-            from ..errors import ConvformerError
-            raise ConvformerError(f"CFSR expects images (B, 3, H, W), got shape {tuple(x.shape)}")
+        check_images(x)
         if not _eager():
             stripe = x.shape[-2]
         else:
