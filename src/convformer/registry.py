@@ -49,7 +49,7 @@ class ModelCard:
     preprocessing: dict = field(default_factory=lambda: dict(
         interpolation="bicubic", crop_pct=1.0, mean=IMAGENET_MEAN, std=IMAGENET_STD))
     notes: tuple = ()
-    task: str = "classification"       # or "super-resolution"
+    task: str = "classification"       # or "super-resolution", "pose"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,15 +59,20 @@ class ModelCard:
         lines = [f"{self.name}  ({self.family})",
                  f"  params      {self.params:,}" + (f" (+{self.frozen_params:,} frozen)" if self.frozen_params else "")
                  + (f"   paper: {self.paper_params_m}M" if self.paper_params_m else ""),
-                 f"  MACs        {self.macs / 1e9:.3f} G at {self.input_size[1]}x{self.input_size[2]}"
+                 f"  MACs        {self.macs / 1e9:.3f} G at " + (
+                     f"{self.input_size[0]} frames x {self.input_size[1]} joints" if self.task == "pose"
+                     else f"{self.input_size[1]}x{self.input_size[2]}")
                  + (f"   paper: {self.paper_macs_g}G" if self.paper_macs_g else "")]
-        label = "top-1" if self.task == "classification" else "PSNR/SSIM"
+        label = {"classification": "top-1", "super-resolution": "PSNR/SSIM"}.get(self.task, "metric")
         for key, value in self.metrics.items():
             lines.append(f"  {label} {key:<16} {value}")
         pre = self.preprocessing
         if self.task == "classification":
             lines.append(f"  preprocess  {pre['interpolation']} resize, crop_pct {pre['crop_pct']}, "
                          f"mean {tuple(pre['mean'])}, std {tuple(pre['std'])}")
+        elif self.task == "pose":
+            lines.append(f"  input       {self.input_size[0]} frames of 2-D keypoints, {pre['keypoints']}; "
+                         f"{pre['normalisation']}; output {pre['output']}")
         else:
             lines.append(f"  input       RGB in [0, 1], any size; output {pre.get('scale')}x larger")
         if self.paper:

@@ -22,10 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import ConvformerError
 from ..layers import (ChannelLayerNorm, Downsample, DropPath, Mlp, Scale, SpatialChannelNorm,
                       SquaredReLU, StarReLU, Stem)
-from ..mixers import AttentionMixer, IdentityMixer, PoolingMixer, RandomMixer, SepConvMixer
-
-MIXERS = {"identity": IdentityMixer, "pool": PoolingMixer, "random": RandomMixer,
-          "sepconv": SepConvMixer, "attention": AttentionMixer}
+from ..mixers import MIXERS
 
 
 @dataclass(frozen=True)
