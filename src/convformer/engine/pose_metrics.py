@@ -130,7 +130,7 @@ class PoseErrorTable:
 
     def __init__(self, unit_scale: float = 1000.0):
         self.unit_scale = unit_scale
-        self._errors: dict[str, dict[str, list[torch.Tensor]]] = {}
+        self._errors: dict[tuple[str, str | None], dict[str, list[torch.Tensor]]] = {}  # (action, subject)
 
     def update(self, action: list[str] | str, pred, target, subject: list[str] | str | None = None) -> None:
         """Add poses ``(..., J, 3)``. ``action`` (and optional ``subject``) is one label for the whole

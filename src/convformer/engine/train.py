@@ -31,17 +31,16 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from ..data import build_image_data
 from ..errors import ConvformerError
-from ..registry import create_model, model_card
+from ..registry import create_model
 from ..weights import save_weights
 from ..weights.io import atomic_write
 from .config import TrainConfig, config_dict
 from .distributed import Dist, setup, teardown
 from .ema import ModelEma
-from .evaluate import evaluate
-from .metrics import MetricLog, topk_correct
-from .sampler import SeededDataset, StepBatches, mix_seed, seeded
+from .tasks import ImageClassification
+from .metrics import MetricLog
+from .sampler import SeededDataset, StepBatches, mix_seed
 from .state import load_train_state, read_train_state, save_train_state
 
 # options that may differ when a run is resumed (they do not change the computation)
@@ -110,7 +109,7 @@ def _resume_config(cfg: TrainConfig, given: set[str]) -> tuple[TrainConfig, Path
         raise ConvformerError(f"{saved_file} is missing; a run folder written by `convformer train` is needed "
                               "to resume")
     saved = json.loads(saved_file.read_text())
-    known = {f.name for f in fields(TrainConfig)}
+    known = {f.name for f in fields(type(cfg))}
     values = {k: v for k, v in saved.items() if k in known}
     for key in given:
         new = getattr(cfg, key)
@@ -124,7 +123,12 @@ def _resume_config(cfg: TrainConfig, given: set[str]) -> tuple[TrainConfig, Path
     if arch and arch != values["model"]:
         raise ConvformerError(f"checkpoint {folder} holds a {arch}, not a {values['model']}")
     values["resume"] = cfg.resume
-    return TrainConfig(**values), folder, tensors, meta
+    return type(cfg)(**values), folder, tensors, meta
+
+
+def task_for(cfg):
+    """The task a configuration trains: its ``task`` attribute, or image classification."""
+    return cfg.task() if hasattr(cfg, "task") else ImageClassification()
 
 
 def train(cfg: TrainConfig, progress: bool = True, log=print, given: set[str] | None = None) -> dict:
@@ -153,22 +157,15 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, progress: bool, 
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(cfg.seed)
-    card = model_card(cfg.model)
-    img_size = cfg.img_size or (32 if cfg.data == "digits" else card.input_size[-1])
-    pre = card.preprocessing
-    data = build_image_data(cfg.data, img_size, mean=pre.get("mean"), std=pre.get("std"),
-                            crop_pct=pre.get("crop_pct", 1.0), interpolation=pre.get("interpolation", "bicubic"),
-                            randaugment=cfg.randaugment, random_erasing=cfg.random_erasing, scan=True,
-                            skip_bad_images=cfg.skip_bad_images, progress=progress)
+    task = task_for(cfg)
+    data = task.build(cfg, progress)
     if len(data.train) == 0 or len(data.val) == 0:
         raise ConvformerError("the training or validation set is empty")
-    num_classes = len(data.classes)
-    if cfg.num_classes is not None and cfg.num_classes != num_classes:
-        raise ConvformerError(f"--num-classes {cfg.num_classes} but {cfg.data} has {num_classes} classes")
     model = create_model(cfg.model, pretrained=(cfg.pretrained or False) if resume_state is None else False,
-                         num_classes=num_classes, img_size=img_size, drop_path_rate=cfg.drop_path_rate,
-                         drop_rate=cfg.head_dropout)
-    if cfg.grad_checkpointing:
+                         **data.model_kwargs)
+    if getattr(cfg, "grad_checkpointing", False):
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise ConvformerError(f"{cfg.model} does not support --grad-checkpointing")
         model.set_grad_checkpointing(True)
     model.to(device)
 
@@ -176,25 +173,17 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, progress: bool, 
     steps_per_epoch = batches.steps_per_epoch
     if steps_per_epoch == 0:
         raise ConvformerError(f"a global batch of {batches.global_batch} (batch size x accumulation x processes) "
-                              f"is larger than the training set ({len(data.train)} images); lower --batch-size")
+                              f"is larger than the training set ({len(data.train)} samples); lower --batch-size")
     lr = cfg.lr * batches.global_batch / cfg.lr_base_batch if cfg.lr_base_batch else cfg.lr
     optimizer = build_optimizer(cfg, model, lr)
     ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay else None
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-    mixup_fn = None
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    if cfg.mixup > 0 or cfg.cutmix > 0:  # soft targets (smoothing applied by Mixup itself)
-        from timm.data import Mixup
-        from timm.loss import SoftTargetCrossEntropy
-        mixup_fn = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
-                         num_classes=num_classes)
-        loss_fn = SoftTargetCrossEntropy()
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
 
     # where to start: fresh, or the checkpoint's position
-    epoch, start_step, global_step, best, sums, skipped = 1, 0, 0, -1.0, [0.0, 0.0, 0.0], 0
+    epoch, start_step, global_step, best, sums, skipped = 1, 0, 0, -math.inf, [0.0, 0.0, 0.0], 0
     if resume_state is not None:
         info = load_train_state(*resume_state, model, optimizer, ema, scaler)
         epoch, start_step, global_step = info["epoch"], info["step_in_epoch"], info["global_step"]
@@ -207,7 +196,7 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, progress: bool, 
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob(".*.tmp"):  # left by a write that was killed
             stale.unlink(missing_ok=True)
-        resolved = {**config_dict(cfg), "img_size": img_size, "classes": data.classes, "lr_effective": lr,
+        resolved = {**config_dict(cfg), **data.resolved, "task": task.name, "lr_effective": lr,
                     "global_batch": batches.global_batch, "steps_per_epoch": steps_per_epoch}
         if resume_state is None:
             atomic_write(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(resolved, indent=1)))
@@ -218,8 +207,7 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, progress: bool, 
     if dist_.enabled:
         from torch.nn.parallel import DistributedDataParallel
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    meta = {"classes": json.dumps(data.classes), "mean": json.dumps(list(data.mean)),
-            "std": json.dumps(list(data.std)), "img_size": str(img_size)}
+    meta = data.meta
     log_rows = MetricLog(folder)
     if resume_state is not None and (folder / "metrics.json").exists():
         log_rows.rows = [r for r in json.loads((folder / "metrics.json").read_text()) if r["epoch"] < epoch]
@@ -249,24 +237,18 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, progress: bool, 
             finite = True
             step_sums = [0.0, 0.0, 0.0]
             for micro in range(cfg.accum_steps):
-                images, target = next(batch_iter)
-                images, target = images.to(device), target.to(device)
-                torch.manual_seed(mix_seed(cfg.seed, global_step, micro, dist_.rank))  # drop path, dropout
-                labels = target
-                if mixup_fn is not None:
-                    with seeded(mix_seed(cfg.seed, global_step, micro, dist_.rank, 7)):
-                        images, labels = mixup_fn(images, target)
-                if cfg.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
+                seed_parts = (cfg.seed, global_step, micro, dist_.rank)
+                torch.manual_seed(mix_seed(*seed_parts))  # drop path, dropout
+                inputs, labels, target = task.prepare(next(batch_iter), cfg, device, seed_parts)
                 sync = train_model.no_sync() if dist_.enabled and micro < cfg.accum_steps - 1 else nullcontext()
                 with sync:
                     with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-                        logits = train_model(images)
-                    loss = loss_fn(logits.float(), labels)
+                        output = train_model(inputs)
+                    loss = task.loss(output, labels)
                     finite = finite and bool(torch.isfinite(loss))
                     scaler.scale(loss / cfg.accum_steps).backward()
                 step_sums[0] += loss.item() * len(target)
-                step_sums[1] += topk_correct(logits.detach(), target, ks=(1,))[0]
+                step_sums[1] += task.statistic(output.detach(), target)
                 step_sums[2] += len(target)
             if dist_.any(not finite):
                 if not cfg.skip_nonfinite:
@@ -291,7 +273,7 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, progress: bool, 
             global_step += 1
             now = time.time()
             bar.set_postfix(loss=f"{sums[0] / max(sums[2], 1):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                            img_s=f"{step_sums[2] * dist_.world / max(now - tick, 1e-9):.0f}")
+                            per_s=f"{step_sums[2] * dist_.world / max(now - tick, 1e-9):.0f}")
             tick = now
             bar.update(1)
             if writer is not None:
@@ -301,45 +283,46 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, progress: bool, 
                 checkpoint(epoch, step_in_epoch + 1)
         bar.close()
 
-        loss_sum, correct, seen = dist_.sum(sums)
-        val = _evaluate(model, val_loader, device, dist_)
+        loss_sum, stat_sum, seen = dist_.sum(sums)
+        val = _evaluate(task, model, val_loader, device, dist_)
         row = {"epoch": epoch, "step": global_step, "lr": optimizer.param_groups[0]["lr"],
-               "train_loss": round(loss_sum / max(seen, 1), 5), "train_top1": round(100.0 * correct / max(seen, 1), 3),
-               "val_loss": round(val["loss"], 5), "val_top1": round(val["top1"], 3), "val_top5": round(val["top5"], 3)}
+               "train_loss": round(loss_sum / max(seen, 1), 5),
+               f"train_{task.train_stat}": round(stat_sum / max(seen, 1), 3), "val_loss": round(val["loss"], 5),
+               **{f"val_{k}": round(val[k], 3) for k in task.val_metrics}}
         if ema is not None:
-            val_ema = _evaluate(ema.module, val_loader, device, dist_)
-            row.update(ema_val_top1=round(val_ema["top1"], 3), ema_val_top5=round(val_ema["top5"], 3))
+            val_ema = _evaluate(task, ema.module, val_loader, device, dist_)
+            row.update({f"ema_val_{k}": round(val_ema[k], 3) for k in task.val_metrics})
         row.update(skipped_steps=skipped, time_s=round(time.time() - start_time, 1))
+        score = task.score(val)
         if dist_.main:
             log_rows.append(row)
             epoch_meta = {**meta, "epoch": str(epoch)}
             save_weights(model, folder / "last.safetensors", metadata=epoch_meta)
             if ema is not None:
                 save_weights(ema.module, folder / "ema.safetensors", metadata=epoch_meta)
-            if val["top1"] > best:
+            if score > best:
                 save_weights(model, folder / "best.safetensors", metadata=epoch_meta)
             if writer is not None:
-                for key in ("val_loss", "val_top1", "val_top5", "ema_val_top1", "train_loss", "train_top1"):
-                    if key in row:  # per-step train/loss is logged above; epoch means go under epoch/
+                for key, value in row.items():
+                    if key.startswith(("val_", "ema_val_", "train_")):  # per-step loss is logged above
                         tag = key.replace("_", "/", 1) if key.startswith(("val", "ema")) else f"epoch/{key}"
-                        writer.add_scalar(tag, row[key], epoch)
+                        writer.add_scalar(tag, value, epoch)
                 writer.flush()
-        best = max(best, val["top1"])
+        best = max(best, score)
         sums, start_step = [0.0, 0.0, 0.0], 0
         epoch += 1
         checkpoint(epoch, 0)
         if progress:
-            ema_txt = f"  EMA top-1 {row['ema_val_top1']:6.2f}%" if ema is not None else ""
-            log(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
-                f"val top-1 {row['val_top1']:6.2f}%{ema_txt}  ({row['time_s']:.0f}s)")
+            log(f"epoch {row['epoch']:3d}  {task.summary(row)}  ({row['time_s']:.0f}s)")
         dist_.barrier()
     if writer is not None:
         writer.close()
     if dist_.main and log_rows.rows:
         log_rows.plot(folder / "curves.png")
     final = log_rows.rows[-1] if log_rows.rows else {}
-    return {"folder": str(folder), "val_top1": final.get("val_top1"), "val_top5": final.get("val_top5"),
-            "ema_val_top1": final.get("ema_val_top1"), "best_top1": best, "epochs": cfg.epochs,
+    best_value = best if task.higher_is_better else -best
+    return {"folder": str(folder), **{k: final.get(k) for k in final if k.startswith(("val_", "ema_val_"))},
+            "ema_val_top1": final.get("ema_val_top1"), f"best_{task.best_metric}": best_value, "epochs": cfg.epochs,
             "seconds": round(time.time() - start_time, 1), "val_count": len(data.val), "skipped_steps": skipped,
             "main": dist_.main}
 
@@ -349,13 +332,15 @@ def _val_loader(val_set, cfg: TrainConfig, dist_: Dist) -> DataLoader:
     return DataLoader(subset, batch_size=max(cfg.batch_size, 128), num_workers=cfg.workers)
 
 
-def _evaluate(model, loader, device, dist_: Dist) -> dict:
-    """Loss/top-1/top-5 over the whole validation set (each rank evaluates its share, then sums)."""
-    part = evaluate(model, loader, device)
+def _evaluate(task, model, loader, device, dist_: Dist) -> dict:
+    """The task's validation metrics over the whole validation set (each rank evaluates its share; the
+    per-rank means are weighted by their counts and summed)."""
+    part = task.evaluate(model, loader, device)
     n = part["count"] if len(loader.dataset) else 0
-    loss, c1, c5, count = dist_.sum([part["loss"] * n, part["top1"] * n / 100, part["top5"] * n / 100, n])
+    keys = ("loss", *task.val_metrics)
+    *sums, count = dist_.sum([part[k] * n for k in keys] + [n])
     count = max(count, 1)
-    return {"loss": loss / count, "top1": 100.0 * c1 / count, "top5": 100.0 * c5 / count, "count": int(count)}
+    return {**{k: v / count for k, v in zip(keys, sums)}, "count": int(count)}
 
 
 def _tensorboard(folder: Path):
