@@ -35,7 +35,7 @@ class MetricLog:
         atomic_write(self.folder / "metrics.csv", lambda tmp: Path(tmp).write_text(text))
         atomic_write(self.folder / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(self.rows, indent=1)))
 
-    def plot(self, path: Path) -> None:
+    def plot(self, path: Path, metric: str = "top1", label: str = "top-1", unit: str = "accuracy (%)") -> None:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -44,9 +44,9 @@ class MetricLog:
         ax1.plot(epochs, [r["train_loss"] for r in self.rows], label="train")
         ax1.plot(epochs, [r["val_loss"] for r in self.rows], label="val")
         ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.grid(alpha=0.3)
-        ax2.plot(epochs, [r["val_top1"] for r in self.rows], label="val top-1")
-        ax2.plot(epochs, [r["train_top1"] for r in self.rows], label="train top-1")
-        ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy (%)"), ax2.legend(), ax2.grid(alpha=0.3)
+        ax2.plot(epochs, [r[f"val_{metric}"] for r in self.rows], label=f"val {label}")
+        ax2.plot(epochs, [r[f"train_{metric}"] for r in self.rows], label=f"train {label}")
+        ax2.set_xlabel("epoch"), ax2.set_ylabel(unit), ax2.legend(), ax2.grid(alpha=0.3)
         fig.tight_layout()
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
         plt.close(fig)

@@ -36,6 +36,7 @@ class Task:
     val_metrics: tuple = ()      # validation metrics logged as val_<name> (and ema_val_<name>)
     best_metric = ""             # the one that chooses best.safetensors
     higher_is_better = True
+    curve = ("top1", "top-1", "accuracy (%)")   # (metric, label, axis title) of curves.png's second panel
 
     def build(self, cfg, progress: bool) -> TaskData:
         raise NotImplementedError

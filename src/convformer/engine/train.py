@@ -318,7 +318,7 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, progress: bool, 
     if writer is not None:
         writer.close()
     if dist_.main and log_rows.rows:
-        log_rows.plot(folder / "curves.png")
+        log_rows.plot(folder / "curves.png", *task.curve)
     final = log_rows.rows[-1] if log_rows.rows else {}
     best_value = best if task.higher_is_better else -best
     return {"folder": str(folder), **{k: final.get(k) for k in final if k.startswith(("val_", "ema_val_"))},
