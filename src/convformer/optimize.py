@@ -1,7 +1,8 @@
 """``convformer.optimize``: the fast inference path in one call.
 
 For MetaFormer models it folds every per-channel affine op into its neighbouring linear layer (see
-``models/fold.py``); for CFSR it returns the folded, stripe-by-stripe network of ``models/cfsr_fast.py``
+``models/fold.py``); for the pose lifters it computes the dynamic convolutional attention's fused
+Q/K/V kernels once (instead of in every forward); for CFSR it returns the folded, stripe-by-stripe network of ``models/cfsr_fast.py``
 (``compile=True`` compiles the plain merged network instead). It optionally casts the weights to
 bfloat16 (inputs are cast on the way in, outputs back to float32 on the way out) and optionally wraps
 the result in ``torch.compile``. The returned model is a copy in eval mode; the original is untouched.
@@ -18,6 +19,7 @@ from .models.cfsr import CFSR
 from .models.cfsr_fast import FastCFSR
 from .models.fold import fold_metaformer
 from .models.metaformer import MetaFormer
+from .models.pose import PoseLifter
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
@@ -51,6 +53,8 @@ def optimize(model: nn.Module, dtype: str | torch.dtype | None = None, compile: 
         fold_metaformer(fast)
     elif isinstance(fast, CFSR):
         fast = fast.merge() if compile or not fold else FastCFSR(fast)
+    elif isinstance(fast, PoseLifter):
+        fast.fuse()
     if dtype is not None and dtype != torch.float32:
         fast = fast.to(dtype)
         fast.register_forward_pre_hook(_cast_input)
@@ -65,4 +69,4 @@ def optimize_for_export(model: nn.Module) -> nn.Module:
     eager-only Python, which a graph export would unroll for one image size)."""
     if isinstance(model, CFSR):
         return optimize(model, fold=False)
-    return optimize(model)
+    return optimize(model)  # pose lifters: the fused kernels must be constants in the graph

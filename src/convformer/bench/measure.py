@@ -56,9 +56,16 @@ def matmul_ceiling(dtype=torch.float32, n: int = 2048, repeats: int = 5) -> floa
 
 def training_step(model: torch.nn.Module, batch: torch.Tensor) -> Callable[[], None]:
     """One SGD step (forward, loss, backward, update) on fixed data: cross-entropy for classifiers,
-    L1 against a fixed image for super-resolution models (``scale`` attribute)."""
+    L1 against a fixed image for super-resolution models (``scale`` attribute), MPJPE against fixed
+    poses for pose lifters (``receptive_field`` attribute)."""
     scale = getattr(model, "scale", None)
-    if scale:
+    if hasattr(model, "receptive_field"):
+        with torch.no_grad():
+            target = torch.rand_like(model(batch))
+
+        def loss_fn(out, target):
+            return (out - target).norm(dim=-1).mean()
+    elif scale:
         b, c, h, w = batch.shape
         target = torch.rand(b, c, h * scale, w * scale)
         loss_fn = torch.nn.functional.l1_loss

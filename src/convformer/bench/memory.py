@@ -42,12 +42,12 @@ def measure_in_this_process(spec: str, img_size, batch: int, train: bool, thread
                             pretrained: bool = False) -> dict:
     import torch
     from .measure import training_step
-    from .runner import build_candidate, parse_size
+    from .runner import build_candidate, parse_size, sample_shape
     if threads:
         torch.set_num_threads(threads)
     hw = parse_size(img_size)
     fn, model, _ = build_candidate(spec, hw, threads, pretrained)
-    x = torch.rand(batch, 3, *hw)
+    x = torch.rand(batch, *sample_shape(model, hw))
     if train:
         run = training_step(model, x)
     else:

@@ -9,7 +9,8 @@ A candidate is a spec string:
                       ``onnx:NAME@official`` the authors' own ONNX export (CFSR), found like their weights
 
 Inputs are (batch, 3, H, W); the size defaults to the first model card's input size (224x224 for the
-classifiers, the 1280x720-output LR size for the super-resolution models).
+classifiers, the 1280x720-output LR size for the super-resolution models). Pose lifters take
+(batch, T, 17, 2) windows of their receptive field T instead; one "image" in the table is one window.
 """
 from __future__ import annotations
 
@@ -62,6 +63,14 @@ def default_size(specs: list[str]) -> tuple[int, int]:
         return (224, 224)
 
 
+def sample_shape(model, hw) -> tuple:
+    """One input sample's shape: (T, J, 2) for a pose lifter (its receptive field), else (3, H, W)."""
+    card = getattr(model, "model_card", None)
+    if card is not None and card.task == "pose":
+        return tuple(card.input_size)
+    return (3, *hw)
+
+
 def _onnx_runner(session):
     input_name = session.get_inputs()[0].name
     return lambda x: session.run(None, {input_name: x.numpy()})
@@ -88,7 +97,9 @@ def build_candidate(spec: str, img_size, threads: int | None, pretrained: bool =
         if variant not in ("", "fast"):
             raise ConvformerError(f"unknown benchmark variant {spec!r} (see `convformer bench --help`)")
         path = Path(tempfile.mkdtemp()) / f"{base_name}.onnx"
-        export_onnx(optimize_for_export(model) if variant == "fast" else model, path, hw)
+        pose = getattr(getattr(model, "model_card", None), "task", "") == "pose"  # needs constant kernels
+        export_onnx(optimize_for_export(model) if variant == "fast" or pose else model, path, hw,
+                    input_shape=sample_shape(model, hw))
         return _onnx_runner(onnx_session(path, threads)), model, base_name
     if variant in ("", "eager"):
         fn = model
@@ -122,9 +133,14 @@ def run_benchmark(specs: list[str], img_size=None, batch: int = 32, repeats: int
     for spec in specs:
         say(f"building {spec}")
         fn, model, name = build_candidate(spec, hw, threads, pretrained)
-        macs = count_macs(model, (3, *hw))
-        cands[spec] = dict(fn=fn, model=model, name=name, macs=macs, params=count_params(model))
-    x = torch.rand(batch, 3, *hw)  # [0, 1]: a valid image for the super-resolution models too
+        shape = sample_shape(model, hw)
+        macs = count_macs(model, shape)
+        cands[spec] = dict(fn=fn, model=model, name=name, macs=macs, params=count_params(model), shape=shape)
+    shapes = {c["shape"] for c in cands.values()}
+    if len(shapes) > 1:
+        raise ConvformerError(f"candidates take different inputs ({', '.join(map(str, shapes))}); benchmark "
+                              "models with the same input (e.g. pose lifters of one receptive field) together")
+    x = torch.rand(batch, *shapes.pop())  # [0, 1]: a valid image for the super-resolution models too
     x1 = x[:1].clone()
     latency = latency and batch > 1  # at batch 1 the throughput run is the latency
     results = {spec: {"spec": spec, "model": c["name"], "params": c["params"], "macs": c["macs"]}

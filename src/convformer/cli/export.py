@@ -13,6 +13,15 @@ from . import app
 from .evaluate import model_from_weights
 
 
+def _is_pose(weights: str) -> bool:
+    from ..weights import read_state_dict
+    name = read_state_dict(weights)[1].get("architecture", "")
+    try:
+        return model_card(name).task == "pose"
+    except ConvformerError:
+        return False
+
+
 @app.command()
 def export(
     output: str = typer.Argument(..., help="The .onnx file to write."),
@@ -24,6 +33,15 @@ def export(
     fast: bool = typer.Option(False, "--fast", help="Export the folded inference model (convformer.optimize)."),
 ):
     """Export to ONNX and check onnxruntime's outputs against PyTorch's."""
+    if (model and model_card(model).task == "pose") or (not model and weights and _is_pose(weights)):
+        from .pose import load_lifter
+        net = load_lifter(weights, model)[0] if weights else create_model(model).eval()
+        net = optimize_for_export(net)  # always: the fused attention kernels must be graph constants
+        shape = net.model_card.input_size
+        result = export_onnx(net, output, 1, opset=opset, atol=atol, input_shape=shape)
+        typer.echo(f"wrote {result['path']} (opset {opset}, keypoints (batch, {shape[0]}, {shape[1]}, {shape[2]}), "
+                   f"dynamic batch); max |onnxruntime - PyTorch| = {result['max_abs_diff']:.2e}")
+        return
     if model and model_card(model).task == "super-resolution":  # any image size; weights of either layout
         net = create_model(model, **({"pretrained": weights} if weights else {})).eval()
         size, in_chans, dynamic = (img_size, img_size) if img_size else model_card(model).input_size[-2:], 3, \

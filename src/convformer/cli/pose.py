@@ -37,6 +37,8 @@ def train_cmd(
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Flip augmentation [default: on]."),
     test_flip: Optional[bool] = typer.Option(None, "--test-flip/--no-test-flip", help="Flip TTA in validation."),
     seq2seq: Optional[bool] = typer.Option(None, "--seq2seq", help="Predict and supervise every frame."),
+    attention: Optional[str] = typer.Option(None, help="conv or linear: override the lifter's attention "
+                                                       "(ablation: plain linear-projection attention)."),
     synthetic_frames: Optional[int] = typer.Option(None, help="Frames per synthetic sequence [default: 600]."),
     synthetic_noise: Optional[float] = typer.Option(None, help="2-D noise (pixels) on synthetic keypoints."),
     epochs: Optional[int] = typer.Option(None, help="Epochs [default: 20]."),
@@ -90,6 +92,8 @@ def load_lifter(weights: str, model: Optional[str] = None, fast: bool = False):
         raise ConvformerError(f"{weights} does not say which model it holds; pass --model NAME")
     receptive_field(name)  # a clear error for a non-pose model
     kwargs = {"seq2seq": True} if meta.get("seq2seq") == "True" else {}
+    if meta.get("attention"):
+        kwargs["attention"] = meta["attention"]
     net = create_model(name, **kwargs)
     load_weights(net, weights)
     net.eval()

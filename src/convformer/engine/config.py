@@ -137,6 +137,7 @@ class PoseTrainConfig:
     flip: bool = True                    # flip augmentation (x -> -x, left/right joints swapped)
     test_flip: bool = True               # test-time flip augmentation in validation
     seq2seq: bool = False                # supervise every frame of the window (model predicts all T)
+    attention: Optional[str] = None      # "conv" or "linear": override the lifter's attention (ablations)
     synthetic_frames: int = 600          # frames per synthetic sequence (data=synthetic)
     synthetic_noise: float = 0.0         # 2-D Gaussian noise in pixels (data=synthetic)
     epochs: int = 20

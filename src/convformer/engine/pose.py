@@ -112,9 +112,14 @@ class PoseLifting(Task):
         kwargs = {"drop_path_rate": cfg.drop_path_rate} if frames > 1 else {}
         if cfg.seq2seq:
             kwargs["seq2seq"] = True
+        if cfg.attention:
+            if frames == 1 and cfg.model.startswith("martinez"):
+                raise ConvformerError(f"--attention applies to the transformer lifters, not {cfg.model}")
+            kwargs["attention"] = cfg.attention
         resolved = {"receptive_field": frames, "train_windows": len(train_set), "val_windows": len(val_set),
                     "train_sequences": len(train.sequences), "val_sequences": len(test.sequences)}
         meta = {"receptive_field": str(frames), "seq2seq": str(cfg.seq2seq), "keypoints": cfg.keypoints,
+                "attention": cfg.attention or "",
                 "left": ",".join(map(str, train.left)), "right": ",".join(map(str, train.right))}
         return TaskData(train_set, val_set, kwargs, resolved, meta)
 

@@ -28,16 +28,20 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None):
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, img_size, in_chans: int = 3,
-                opset: int = 17, atol: float = 1e-4, check_batch: int = 2, dynamic_size: bool | None = None) -> dict:
+                opset: int = 17, atol: float = 1e-4, check_batch: int = 2, dynamic_size: bool | None = None,
+                input_shape: tuple | None = None) -> dict:
     """Export ``model`` (eval mode) to ``path``; returns {"path", "max_abs_diff", "opset"}.
 
     ``img_size``: N or (H, W). ``dynamic_size`` (default: for models with a ``scale``, i.e.
-    super-resolution) also leaves height and width free. Raises ConvformerError if onnxruntime's output
-    differs from PyTorch's by more than ``atol``.
+    super-resolution) also leaves height and width free. ``input_shape`` gives one sample's shape for
+    inputs that are not images (pose lifters: (T, J, 2), input named "keypoints"). Raises
+    ConvformerError if onnxruntime's output differs from PyTorch's by more than ``atol``.
     """
     model = model.eval()
     hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    example = torch.rand(1, in_chans, *hw)
+    shape = tuple(input_shape) if input_shape else (in_chans, *hw)
+    input_name = "keypoints" if input_shape else "images"
+    example = torch.rand(1, *shape)
     path = Path(path)
     if dynamic_size is None:
         dynamic_size = bool(getattr(model, "scale", None))
@@ -46,10 +50,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, img_size, in_chans: i
     def write(tmp: str) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes on input checks, constant for a fixed size
-            torch.onnx.export(model, (example,), tmp, input_names=["images"], output_names=["output"],
-                              dynamic_axes={"images": axes, "output": axes},
+            torch.onnx.export(model, (example,), tmp, input_names=[input_name], output_names=["output"],
+                              dynamic_axes={input_name: axes, "output": axes},
                               opset_version=opset, dynamo=False)
-        diff = _compare(model, tmp, in_chans, hw, check_batch)
+        diff = _compare(model, tmp, shape, check_batch, input_name)
         result["max_abs_diff"] = diff
         if not diff <= atol:
             raise ConvformerError(f"ONNX export of {path.name} differs from PyTorch by {diff:.3g} "
@@ -60,9 +64,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, img_size, in_chans: i
     return result
 
 
-def _compare(model: nn.Module, onnx_path: str, in_chans: int, hw: tuple, batch: int) -> float:
-    x = torch.rand(batch, in_chans, *hw, generator=torch.Generator().manual_seed(0))
+def _compare(model: nn.Module, onnx_path: str, shape: tuple, batch: int, input_name: str) -> float:
+    x = torch.rand(batch, *shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = model(x)
-    out = onnx_session(onnx_path).run(None, {"images": x.numpy()})[0]
+    out = onnx_session(onnx_path).run(None, {input_name: x.numpy()})[0]
     return float(np.abs(out - ref.float().numpy()).max())

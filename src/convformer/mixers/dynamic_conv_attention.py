@@ -26,6 +26,7 @@ convolution with the weighted sum of their (centre-aligned, zero-padded) kernels
 that: it builds one fused kernel for Q, K and V together and runs a single convolution, which is exact
 and about ``3n`` times cheaper than running the ``3n`` convolutions; the parameters (and so the
 parameter count and the gradients) are still the paper's ``n`` separate kernels per projection.
+For inference, :meth:`DynamicConvAttention.fuse` computes that kernel once (``convformer.optimize``).
 
 ``linear=True`` replaces the convolutions by PoseFormer's plain linear Q/K/V and output projections
 (over the features), for comparison.
@@ -89,6 +90,19 @@ class DynamicConvAttention(nn.Module):
             channels = dim if form == "spatial" else num_tokens
             self.q, self.k, self.v = (DynamicConv1d(channels, kernel_sizes) for _ in range(3))
             self.proj = nn.Conv1d(channels, channels, 1)
+        # set by fuse(): the Q/K/V kernel computed once for inference (not saved with the weights)
+        self.register_buffer("fused_weight", None, persistent=False)
+        self.register_buffer("fused_bias", None, persistent=False)
+
+    def fuse(self) -> "DynamicConvAttention":
+        """Inference: compute the fused Q/K/V kernel once instead of in every forward. The parameters are
+        unchanged (and must not be trained afterwards); ONNX export needs this (its kernels must be
+        constants)."""
+        if not self.linear:
+            with torch.no_grad():
+                weight, bias = self.qkv_weight()
+            self.fused_weight, self.fused_bias = weight.clone(), bias.clone()
+        return self
 
     def qkv_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused Q, K and V kernels stacked along the output channels: ((3C, C, k), (3C,))."""
@@ -106,7 +120,7 @@ class DynamicConvAttention(nn.Module):
         if self.linear:
             qkv = self.qkv(x).reshape(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4)
         else:
-            weight, bias = self.qkv_weight()
+            weight, bias = self.qkv_weight() if self.fused_weight is None else (self.fused_weight, self.fused_bias)
             if self.form == "spatial":   # channels = features, slide along tokens
                 qkv = F.conv1d(x.transpose(1, 2), weight, bias, padding=weight.shape[-1] // 2)  # (B, 3C, N)
                 qkv = qkv.reshape(b, 3, heads, hd, n).permute(1, 0, 2, 4, 3)

@@ -102,6 +102,12 @@ class PoseLifter(nn.Module):
         self.frame_pool = None if cfg.seq2seq else nn.Conv1d(t, 1, 1)
         self.apply(_init_linear)
 
+    def fuse(self) -> "PoseLifter":
+        """Inference: fuse every convolutional attention's Q/K/V kernels once (see DynamicConvAttention.fuse)."""
+        for blk in [*self.spatial_blocks, *self.temporal_blocks]:
+            blk.attn.fuse()
+        return self
+
     def check_input(self, x: torch.Tensor) -> None:
         t, j, c = self.receptive_field, self.num_joints, self.cfg.in_chans
         if x.ndim != 4 or x.shape[1:] != (t, j, c):
