@@ -213,7 +213,8 @@ _PAPER_PARAMS = {9: 2.56, 243: 10.24}
 _CONVFORMER_COUNTS = {1: (2_545_773, 3_364_691), 9: (2_560_533, 32_162_283), 27: (2_653_647, 109_177_281),
                       81: (3_430_653, 441_745_731), 143: (5_243_347, 1_011_381_085),
                       243: (10_240_647, 2_353_162_185)}
-_POSEFORMER_COUNTS = {9: (9_562_557, 91_521_387), 27: (9_572_367, 276_679_233), 81: (9_601_797, 849_073_347)}
+_POSEFORMER_COUNTS = {9: (9_562_557, 91_521_387), 27: (9_572_367, 276_679_233), 81: (9_601_797, 849_073_347),
+                      243: (9_690_087, 2_718_540_873)}
 
 
 def _card(name, family, paper, params_macs, frames, notes, paper_params=None, metrics=None, code=()):
@@ -232,14 +233,15 @@ for _t in (1, 9, 27, 81, 143, 243):
         CONVFORMER_NOTES + (("Single-frame variant for ablations (not in the paper).",) if _t == 1 else ()),
         paper_params=_PAPER_PARAMS.get(_t), metrics=_PAPER_METRICS.get(_t)),
         lambda t=_t, **kw: build_lifter(replace(CONVFORMER_POSE, num_frames=t), **kw))
-for _t in (9, 27, 81):
+for _t in (9, 27, 81, 243):
     register_model(_card(
         f"poseformer_t{_t}", "poseformer", POSEFORMER_PAPER, _POSEFORMER_COUNTS.get(_t, (0, 0)), _t,
         ("PoseFormer's configuration: linear Q/K/V and output projections, 4 spatial + 4 temporal blocks, "
          "d=32, 8 heads, MLP ratio 2; head as ConvFormer's (Linear per frame, then Conv1d over frames) so "
          "the attention and depth are the only differences.",
          "PoseFormer reports 9.6M parameters at T=81 (its head puts a LayerNorm before the linear layer; "
-         "ours has none, 1,088 fewer)."),
+         "ours has none, 1,088 fewer)."
+         + (" T=243 is not in the PoseFormer paper (registered for speed comparisons)." if _t == 243 else "")),
         paper_params=9.6 if _t == 81 else None, code=("https://github.com/zczcwh/PoseFormer",)),
         lambda t=_t, **kw: build_lifter(replace(POSEFORMER, num_frames=t), **kw))
 register_model(_card(
