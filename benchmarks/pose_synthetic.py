@@ -1,7 +1,7 @@
 """ConvFormer against the lifters it is compared with, trained on the same synthetic Human3.6M-like data
 with the same budget, evaluated on held-out subjects (S9, S11) seen from a held-out camera.
 
-    python benchmarks/pose_synthetic.py [--epochs 10] [--frames 600] [--noise 2] [--stride 8]
+    python benchmarks/pose_synthetic.py [--receptive-field 9] [--epochs 12] [--frames 600] [--noise 2] [--stride 8]
 
 Every model goes through `convformer pose train` (the one training engine: AdamW, cosine schedule, flip
 augmentation, MPJPE loss) with identical data, epochs, batch and learning rate, then `pose eval`'s
@@ -23,18 +23,20 @@ from convformer.engine.pose import evaluate_sequences, load_split
 from convformer.engine.train import train
 from convformer.weights import load_weights
 
-# (label, model, extra config): the contenders
-MODELS = (
-    ("ConvFormer T=27", "convformer_pose_t27", {}),
-    ("same network, plain attention T=27", "convformer_pose_t27", {"attention": "linear"}),
-    ("PoseFormer T=27 (4+4 blocks)", "poseformer_t27", {}),
-    ("ConvFormer single frame (T=1)", "convformer_pose_t1", {}),
-    ("Martinez residual MLP (T=1)", "martinez_mlp", {}),
-)
 
 
-def run(epochs: int, frames: int, noise: float, stride: int, batch: int, lr: float, output: Path, models=MODELS,
-        threads: int | None = None, progress: bool = True) -> dict:
+def contenders(t: int) -> tuple:
+    """(label, model, extra config) of every model compared at receptive field ``t``."""
+    return ((f"ConvFormer T={t}", f"convformer_pose_t{t}", {}),
+            (f"same network, plain attention T={t}", f"convformer_pose_t{t}", {"attention": "linear"}),
+            (f"PoseFormer T={t} (4+4 blocks)", f"poseformer_t{t}", {}),
+            ("ConvFormer single frame (T=1)", "convformer_pose_t1", {}),
+            ("Martinez residual MLP (T=1)", "martinez_mlp", {}))
+
+
+def run(epochs: int, frames: int, noise: float, stride: int, batch: int, lr: float, output: Path, models=None,
+        threads: int | None = None, progress: bool = True, receptive_field: int = 9) -> dict:
+    models = models or contenders(receptive_field)
     results = []
     with tempfile.TemporaryDirectory(prefix="pose-bench-") as runs:
         for label, name, extra in models:
@@ -47,7 +49,8 @@ def run(epochs: int, frames: int, noise: float, stride: int, batch: int, lr: flo
             net = convformer.create_model(name, **({"attention": extra["attention"]} if "attention" in extra else {}))
             load_weights(net, Path(result["folder"]) / "last.safetensors")
             test = load_split(cfg, cfg.test_subjects, cfg.test_cameras)
-            table, velocity = evaluate_sequences(net.eval(), test.sequences, flip_tta=True, progress=False)
+            table, velocity = evaluate_sequences(net.eval(), test.sequences, flip_tta=True, progress=False,
+                                                 left=test.left, right=test.right)
             rows = table.table()
             results.append({"label": label, "model": name, **extra, "params": count_params(net),
                             "train_seconds": round(seconds, 1), "per_action": rows, "mpjve": velocity,
@@ -55,7 +58,7 @@ def run(epochs: int, frames: int, noise: float, stride: int, batch: int, lr: flo
                             "markdown": table.to_markdown(("mpjpe", "p_mpjpe"))})
             print(f"{label}: MPJPE {results[-1]['mpjpe']:.1f} mm, P-MPJPE {results[-1]['p_mpjpe']:.1f} mm "
                   f"({seconds:.0f}s)")
-    report = {"settings": {"epochs": epochs, "frames": frames, "noise_px": noise, "stride": stride, "batch": batch,
+    report = {"settings": {"receptive_field": receptive_field, "epochs": epochs, "frames": frames, "noise_px": noise, "stride": stride, "batch": batch,
                            "lr": lr, "train": "S1,S5,S6,S7,S8 cameras 0,1,2", "test": "S9,S11 camera 3",
                            "threads": torch.get_num_threads(), "torch": torch.__version__},
               "results": results}
@@ -77,7 +80,8 @@ def summary(report: dict) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--receptive-field", type=int, default=9, choices=(9, 27, 81))
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--frames", type=int, default=600, help="frames per synthetic sequence")
     parser.add_argument("--noise", type=float, default=2.0, help="2-D keypoint noise in pixels")
     parser.add_argument("--stride", type=int, default=8, help="training windows every N frames")
@@ -87,7 +91,7 @@ def main(argv=None) -> None:
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "pose_synthetic.json"))
     args = parser.parse_args(argv)
     report = run(args.epochs, args.frames, args.noise, args.stride, args.batch, args.lr, Path(args.output),
-                 threads=args.threads)
+                 threads=args.threads, receptive_field=args.receptive_field)
     print(summary(report))
     print(f"wrote {args.output} and {Path(args.output).with_suffix('.md')}")
 

@@ -125,7 +125,7 @@ def eval_cmd(
     cfg = PoseTrainConfig(data=data, keypoints=keypoints, actions=actions, synthetic_frames=synthetic_frames,
                           synthetic_noise=synthetic_noise)
     split = load_split(cfg, subjects, cameras)
-    table, velocity = evaluate_sequences(net, split.sequences, flip_tta=flip)
+    table, velocity = evaluate_sequences(net, split.sequences, flip_tta=flip, left=split.left, right=split.right)
     text = table.to_markdown(("mpjpe", "p_mpjpe", "n_mpjpe"))
     rows = table.table()
     mpjve_row = "| MPJVE | " + " | ".join(f"{velocity.get(a, float('nan')):.1f}" for a in rows if a != "Average") \

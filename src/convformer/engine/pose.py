@@ -155,7 +155,9 @@ class PoseLifting(Task):
 
 def predict(model, keypoints: torch.Tensor, flip_tta: bool = False, left=None, right=None) -> torch.Tensor:
     """The centre-frame prediction (B, 1, J, 3) for windows (B, T, J, 2); with ``flip_tta`` the mean of the
-    prediction and the un-flipped prediction of the flipped input (VideoPose3D's test-time augmentation)."""
+    prediction and the un-flipped prediction of the flipped input (VideoPose3D's test-time augmentation).
+    The root joint is set to exactly 0, as the targets are root-relative (PoseFormer's evaluation does the
+    same); the network's own root output is trained towards 0 but never exactly 0."""
     from ..data.pose import H36M_LEFT, H36M_RIGHT, flip_pose
     left, right = left or H36M_LEFT, right or H36M_RIGHT
     pred = model(keypoints)
@@ -164,12 +166,14 @@ def predict(model, keypoints: torch.Tensor, flip_tta: bool = False, left=None, r
     if pred.shape[1] > 1:  # seq2seq output: the centre frame
         c = pred.shape[1] // 2
         pred = pred[:, c:c + 1]
+    pred = pred.clone()
+    pred[..., 0, :] = 0
     return pred
 
 
 @torch.no_grad()
 def lift_sequence(model, keypoints: torch.Tensor, flip_tta: bool = True, batch_size: int = 1024,
-                  progress: bool = False) -> torch.Tensor:
+                  progress: bool = False, left=None, right=None) -> torch.Tensor:
     """(N, J, 2) normalised keypoints of one sequence -> (N, J, 3) root-relative 3-D poses, every frame
     lifted from the window centred on it (edge padding at both ends)."""
     frames = model.receptive_field
@@ -178,17 +182,19 @@ def lift_sequence(model, keypoints: torch.Tensor, flip_tta: bool = True, batch_s
     windows = padded.unfold(0, frames, 1).permute(0, 3, 1, 2)  # (N, T, J, 2)
     out = []
     for start in tqdm(range(0, len(windows), batch_size), desc="lifting", disable=not progress, leave=False):
-        out.append(predict(model, windows[start:start + batch_size].contiguous(), flip_tta)[:, 0])
+        out.append(predict(model, windows[start:start + batch_size].contiguous(), flip_tta, left, right)[:, 0])
     return torch.cat(out)
 
 
 @torch.no_grad()
-def evaluate_sequences(model, sequences, flip_tta: bool = True, batch_size: int = 1024, progress: bool = True):
+def evaluate_sequences(model, sequences, flip_tta: bool = True, batch_size: int = 1024, progress: bool = True,
+                       left=None, right=None):
     """Per-action protocol 1/2 table and MPJVE over whole sequences: returns (PoseErrorTable, {action: mpjve_mm})."""
     model.eval()
     table, velocity = PoseErrorTable(), {}
     for seq in tqdm(sequences, desc="evaluating", disable=not progress, unit="seq"):
-        pred = lift_sequence(model, torch.from_numpy(seq.keypoints).float(), flip_tta, batch_size)
+        pred = lift_sequence(model, torch.from_numpy(seq.keypoints).float(), flip_tta, batch_size, left=left,
+                             right=right)
         target = torch.from_numpy(seq.poses).float()
         table.update(seq.action, pred, target, subject=seq.subject)
         if len(pred) > 1:

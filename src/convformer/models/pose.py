@@ -69,8 +69,9 @@ class PoseLifter(nn.Module):
         super().__init__()
         if cfg.attention not in ("conv", "linear"):
             raise ConvformerError(f"attention must be 'conv' or 'linear', got {cfg.attention!r}")
-        if cfg.num_frames < 1:
-            raise ConvformerError(f"num_frames must be at least 1, got {cfg.num_frames}")
+        if cfg.num_frames < 1 or cfg.num_frames % 2 == 0:
+            raise ConvformerError(f"num_frames must be a positive odd number (the window is centred on the frame "
+                                  f"it lifts), got {cfg.num_frames}")
         self.cfg = cfg
         t, j, d = cfg.num_frames, cfg.num_joints, cfg.embed_dim
         feat = j * d
