@@ -187,3 +187,10 @@ def test_bad_inputs_give_one_line_errors(pose_run, tmp_path, capsys):
     err = _one_line_error(capsys)
     assert "pose data folder not found" in err and "nowhere" in err
     assert not (runs / "x").exists()
+
+
+def test_image_commands_refuse_pose_models_with_the_right_command(pose_run, capsys):
+    assert main(["train", "--model", "convformer_pose_t9", "--epochs", "1"]) == 2
+    assert "train it with `convformer pose train`" in _one_line_error(capsys)
+    assert main(["eval", pose_run["weights"]]) == 2
+    assert "a pose model; use convformer pose eval" in _one_line_error(capsys)

@@ -24,8 +24,11 @@ def model_from_weights(weights: str, model_name: Optional[str] = None, img_size:
     name = model_name or meta.get("architecture")
     if not name:
         raise ConvformerError(f"{weights} does not say which model it holds; pass --model NAME")
-    num_classes = int(meta["num_classes"]) if "num_classes" in meta else _classes_in(state)
     card = model_card(name)
+    if card.task != "classification":
+        command = {"pose": "convformer pose eval / pose lift", "super-resolution": "convformer sr eval / sr upscale"}
+        raise ConvformerError(f"{weights} holds {name}, a {card.task} model; use {command.get(card.task, 'its own command')}")
+    num_classes = int(meta["num_classes"]) if "num_classes" in meta else _classes_in(state)
     size = img_size or int(meta.get("img_size", card.input_size[-1]))
     model = create_model(name, num_classes=num_classes, img_size=size)
     load_weights(model, state if not meta else weights)
