@@ -165,7 +165,9 @@ class ResidualMLPLifter(nn.Module):
 
 
 def _init_linear(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
+    # convolutions too: with PyTorch's default (larger) conv init the ConvFormer lifter sat at the mean pose
+    # for ~3 epochs before learning (synthetic set, T=9: 50.2 mm after 12 epochs vs 41.2 mm with this init)
+    if isinstance(m, (nn.Linear, nn.Conv1d)):
         nn.init.trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
