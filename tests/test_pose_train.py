@@ -177,3 +177,15 @@ def test_seq2seq_needs_a_temporal_model(tmp_path):
     with pytest.raises(ConvformerError, match="seq2seq.*martinez_mlp sees one frame"):
         train(cfg, progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_exponential_schedule_decays_the_lr_per_epoch_as_the_paper(tmp_path):
+    from convformer.engine.config import PoseTrainConfig
+    from convformer.engine.train import train
+    cfg = PoseTrainConfig(model="martinez_mlp", synthetic_frames=40, stride=5, val_stride=20, batch_size=64, epochs=3,
+                          warmup_epochs=0, lr=1e-3, lr_schedule="exponential", lr_decay=0.5, threads=1,
+                          output=str(tmp_path), name="exp")
+    train(cfg, progress=False)
+    rows = json.loads((tmp_path / "exp" / "metrics.json").read_text())
+    # the lr logged at the end of epoch e is the one its last step used: 1e-3 * 0.5 ** (e - 1)
+    assert [r["lr"] for r in rows] == pytest.approx([1e-3, 5e-4, 2.5e-4])

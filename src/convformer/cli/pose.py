@@ -48,6 +48,9 @@ def train_cmd(
     weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay [default: 0.01]."),
     warmup_epochs: Optional[float] = typer.Option(None, help="Linear warm-up epochs [default: 1]."),
     min_lr: Optional[float] = typer.Option(None, help="Final learning rate of the cosine [default: 1e-5]."),
+    lr_schedule: Optional[str] = typer.Option(None, help="cosine, or exponential (x --lr-decay per epoch, the "
+                                                         "paper's recipe) [default: cosine]."),
+    lr_decay: Optional[float] = typer.Option(None, help="Per-epoch factor of the exponential schedule [0.95]."),
     drop_path_rate: Optional[float] = typer.Option(None, help="Stochastic depth [default: 0.1; paper 0.2]."),
     ema_decay: Optional[float] = typer.Option(None, help="Keep an EMA of the weights (e.g. 0.999)."),
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value."),

@@ -146,6 +146,8 @@ class PoseTrainConfig:
     weight_decay: float = 0.01
     warmup_epochs: float = 1.0
     min_lr: float = 1e-5
+    lr_schedule: str = "cosine"          # "cosine" (to min_lr) or "exponential" (x lr_decay per epoch)
+    lr_decay: float = 0.95               # per-epoch factor of the exponential schedule (the paper's)
     drop_path_rate: float = 0.1
     grad_clip: Optional[float] = None
     precision: str = "fp32"

@@ -68,6 +68,16 @@ def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def lr_factor(cfg, step: int, total: int, warmup: int, steps_per_epoch: int) -> float:
+    """The schedule's multiplier of the base learning rate: warm-up then cosine (default), or warm-up then
+    ``lr_decay`` per epoch (``lr_schedule="exponential"``, the pose papers' recipe)."""
+    if getattr(cfg, "lr_schedule", "cosine") == "exponential":
+        if step < warmup:
+            return (step + 1) / warmup
+        return cfg.lr_decay ** (step // steps_per_epoch)
+    return warmup_cosine(step, total, warmup, cfg.min_lr / cfg.lr)
+
+
 def run_folder(cfg: TrainConfig) -> Path:
     name = cfg.name or f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = Path(cfg.output) / name
@@ -148,6 +158,8 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, progress: bool, 
     if cfg.resume:
         cfg, folder, tensors, meta = _resume_config(cfg, given)
         resume_state = (tensors, meta)
+    if getattr(cfg, "lr_schedule", "cosine") not in ("cosine", "exponential"):
+        raise ConvformerError(f"--lr-schedule must be 'cosine' or 'exponential', got {cfg.lr_schedule!r}")
     if cfg.precision not in ("fp32", "bf16", "fp16"):
         raise ConvformerError(f"precision must be 'fp32', 'bf16' or 'fp16', got {cfg.precision!r}")
     if cfg.accum_steps < 1 or cfg.batch_size < 1:
@@ -232,7 +244,7 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, progress: bool, 
         tick = time.time()
         for step_in_epoch in range(start_step, steps_per_epoch):
             for group in optimizer.param_groups:
-                group["lr"] = lr * warmup_cosine(global_step, total_steps, warmup_steps, cfg.min_lr / cfg.lr)
+                group["lr"] = lr * lr_factor(cfg, global_step, total_steps, warmup_steps, steps_per_epoch)
             optimizer.zero_grad(set_to_none=True)
             finite = True
             step_sums = [0.0, 0.0, 0.0]
