@@ -25,13 +25,17 @@ from convformer.weights import load_weights
 
 
 
-def contenders(t: int) -> tuple:
-    """(label, model, extra config) of every model compared at receptive field ``t``."""
-    return ((f"ConvFormer T={t}", f"convformer_pose_t{t}", {}),
-            (f"same network, plain attention T={t}", f"convformer_pose_t{t}", {"attention": "linear"}),
-            (f"PoseFormer T={t} (4+4 blocks)", f"poseformer_t{t}", {}),
-            ("ConvFormer single frame (T=1)", "convformer_pose_t1", {}),
-            ("Martinez residual MLP (T=1)", "martinez_mlp", {}))
+KEYS = ("convformer", "plain", "poseformer", "single", "mlp")
+
+
+def contenders(t: int, keys=KEYS) -> tuple:
+    """(label, model, extra config) of the models compared at receptive field ``t`` (``keys`` picks some)."""
+    every = {"convformer": (f"ConvFormer T={t}", f"convformer_pose_t{t}", {}),
+             "plain": (f"same network, plain attention T={t}", f"convformer_pose_t{t}", {"attention": "linear"}),
+             "poseformer": (f"PoseFormer T={t} (4+4 blocks)", f"poseformer_t{t}", {}),
+             "single": ("ConvFormer single frame (T=1)", "convformer_pose_t1", {}),
+             "mlp": ("Martinez residual MLP (T=1)", "martinez_mlp", {})}
+    return tuple(every[k] for k in keys)
 
 
 def run(epochs: int, frames: int, noise: float, stride: int, batch: int, lr: float, output: Path, models=None,
@@ -88,10 +92,12 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--models", nargs="+", default=list(KEYS), choices=KEYS, help="contenders to train")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "pose_synthetic.json"))
     args = parser.parse_args(argv)
     report = run(args.epochs, args.frames, args.noise, args.stride, args.batch, args.lr, Path(args.output),
-                 threads=args.threads, receptive_field=args.receptive_field)
+                 models=contenders(args.receptive_field, args.models), threads=args.threads,
+                 receptive_field=args.receptive_field)
     print(summary(report))
     print(f"wrote {args.output} and {Path(args.output).with_suffix('.md')}")
 
