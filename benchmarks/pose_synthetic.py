@@ -39,14 +39,16 @@ def contenders(t: int, keys=KEYS) -> tuple:
 
 
 def run(epochs: int, frames: int, noise: float, stride: int, batch: int, lr: float, output: Path, models=None,
-        threads: int | None = None, progress: bool = True, receptive_field: int = 9) -> dict:
+        threads: int | None = None, progress: bool = True, receptive_field: int = 9, lr_schedule: str = "cosine",
+        lr_decay: float = 0.95) -> dict:
     models = models or contenders(receptive_field)
     results = []
     with tempfile.TemporaryDirectory(prefix="pose-bench-") as runs:
         for label, name, extra in models:
             cfg = PoseTrainConfig(model=name, epochs=epochs, synthetic_frames=frames, synthetic_noise=noise,
                                   stride=stride, val_stride=stride * 4, batch_size=batch, lr=lr, train_cameras="0,1,2",
-                                  test_cameras="3", threads=threads, output=runs, name=f"{name}-{len(results)}", **extra)
+                                  test_cameras="3", threads=threads, output=runs, name=f"{name}-{len(results)}",
+                                  lr_schedule=lr_schedule, lr_decay=lr_decay, **extra)
             start = time.time()
             result = train(cfg, progress=progress, log=print if progress else (lambda *_: None))
             seconds = time.time() - start
@@ -63,7 +65,8 @@ def run(epochs: int, frames: int, noise: float, stride: int, batch: int, lr: flo
             print(f"{label}: MPJPE {results[-1]['mpjpe']:.1f} mm, P-MPJPE {results[-1]['p_mpjpe']:.1f} mm "
                   f"({seconds:.0f}s)")
     report = {"settings": {"receptive_field": receptive_field, "epochs": epochs, "frames": frames, "noise_px": noise, "stride": stride, "batch": batch,
-                           "lr": lr, "train": "S1,S5,S6,S7,S8 cameras 0,1,2", "test": "S9,S11 camera 3",
+                           "lr": lr, "lr_schedule": lr_schedule, "lr_decay": lr_decay,
+                           "train": "S1,S5,S6,S7,S8 cameras 0,1,2", "test": "S9,S11 camera 3",
                            "threads": torch.get_num_threads(), "torch": torch.__version__},
               "results": results}
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -92,12 +95,14 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--lr-schedule", default="cosine", choices=("cosine", "exponential"))
+    parser.add_argument("--lr-decay", type=float, default=0.95, help="per-epoch factor of the exponential schedule")
     parser.add_argument("--models", nargs="+", default=list(KEYS), choices=KEYS, help="contenders to train")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "pose_synthetic.json"))
     args = parser.parse_args(argv)
     report = run(args.epochs, args.frames, args.noise, args.stride, args.batch, args.lr, Path(args.output),
                  models=contenders(args.receptive_field, args.models), threads=args.threads,
-                 receptive_field=args.receptive_field)
+                 receptive_field=args.receptive_field, lr_schedule=args.lr_schedule, lr_decay=args.lr_decay)
     print(summary(report))
     print(f"wrote {args.output} and {Path(args.output).with_suffix('.md')}")
 
