@@ -64,8 +64,8 @@ def run(epochs: int, frames: int, noise: float, stride: int, batch: int, lr: flo
                             "markdown": table.to_markdown(("mpjpe", "p_mpjpe"))})
             print(f"{label}: MPJPE {results[-1]['mpjpe']:.1f} mm, P-MPJPE {results[-1]['p_mpjpe']:.1f} mm "
                   f"({seconds:.0f}s)")
-    report = {"settings": {"receptive_field": receptive_field, "epochs": epochs, "frames": frames, "noise_px": noise, "stride": stride, "batch": batch,
-                           "lr": lr, "lr_schedule": lr_schedule, "lr_decay": lr_decay,
+    report = {"settings": {"receptive_field": receptive_field, "epochs": epochs, "frames": frames, "noise_px": noise,
+                           "stride": stride, "batch": batch, "lr": lr, "lr_schedule": lr_schedule, "lr_decay": lr_decay,
                            "train": "S1,S5,S6,S7,S8 cameras 0,1,2", "test": "S9,S11 camera 3",
                            "threads": torch.get_num_threads(), "torch": torch.__version__},
               "results": results}
