@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import ConvformerError
-from .pose_metrics import PoseErrorTable, mpjpe, mpjve, p_mpjpe
+from .pose_metrics import PoseErrorTable, action_group, mpjpe, mpjve, p_mpjpe
 from .tasks import Task, TaskData
 
 
@@ -113,7 +113,7 @@ class PoseLifting(Task):
         if cfg.seq2seq:
             kwargs["seq2seq"] = True
         if cfg.attention:
-            if frames == 1 and cfg.model.startswith("martinez"):
+            if not cfg.model.startswith(("convformer_pose", "poseformer")):
                 raise ConvformerError(f"--attention applies to the transformer lifters, not {cfg.model}")
             kwargs["attention"] = cfg.attention
         resolved = {"receptive_field": frames, "train_windows": len(train_set), "val_windows": len(val_set),
@@ -198,7 +198,6 @@ def evaluate_sequences(model, sequences, flip_tta: bool = True, batch_size: int 
         target = torch.from_numpy(seq.poses).float()
         table.update(seq.action, pred, target, subject=seq.subject)
         if len(pred) > 1:
-            from .pose_metrics import action_group
             velocity.setdefault(action_group(seq.action), []).append(
                 (float(mpjve(pred, target)) * 1000, len(pred) - 1))
     mpjve_mm = {a: sum(v * n for v, n in vals) / sum(n for _, n in vals) for a, vals in velocity.items()}

@@ -9,6 +9,7 @@ Tasks: :class:`ImageClassification` (here) and ``engine.pose.PoseLifting``.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import torch
@@ -97,7 +98,6 @@ class ImageClassification(Task):
             self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
                                num_classes=num_classes)
             self.loss_fn = SoftTargetCrossEntropy()
-        import json
         return TaskData(data.train, data.val,
                         dict(num_classes=num_classes, img_size=img_size, drop_path_rate=cfg.drop_path_rate,
                              drop_rate=cfg.head_dropout),
