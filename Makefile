@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 # torch/torchvision pinned to the builds these machines carry on local disk (CPU use; see README)
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-all venv
+.PHONY: demo test test-all test-nemo venv
 
 $(VENV)/.created:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=python3)"; exit 1; }
@@ -33,3 +33,15 @@ test: $(VENV)/.installed-test
 
 test-all: $(VENV)/.installed-test
 	$(PY) -m pytest -n 2 -q -m ""
+
+# NeMo parity of the streaming Conformer, in its own environment (NeMo pulls Lightning, Hydra, transformers...)
+NEMO_VENV := .venv-nemo
+$(NEMO_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(NEMO_VENV)
+	$(NEMO_VENV)/bin/pip install -q --upgrade pip
+	$(NEMO_VENV)/bin/pip install -q $(TORCH)
+	$(NEMO_VENV)/bin/pip install -q -e '.[test,nemo]'
+	touch $@
+
+test-nemo: $(NEMO_VENV)/.installed
+	$(NEMO_VENV)/bin/python -m pytest -q tests/test_conformer_nemo.py

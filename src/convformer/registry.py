@@ -49,7 +49,7 @@ class ModelCard:
     preprocessing: dict = field(default_factory=lambda: dict(
         interpolation="bicubic", crop_pct=1.0, mean=IMAGENET_MEAN, std=IMAGENET_STD))
     notes: tuple = ()
-    task: str = "classification"       # or "super-resolution", "pose"
+    task: str = "classification"       # or "super-resolution", "pose", "speech"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +61,7 @@ class ModelCard:
                  + (f"   paper: {self.paper_params_m}M" if self.paper_params_m else ""),
                  f"  MACs        {self.macs / 1e9:.3f} G at " + (
                      f"{self.input_size[0]} frames x {self.input_size[1]} joints" if self.task == "pose"
+                     else "1 s of audio" if self.task == "speech"
                      else f"{self.input_size[1]}x{self.input_size[2]}")
                  + (f"   paper: {self.paper_macs_g}G" if self.paper_macs_g else "")]
         label = {"classification": "top-1", "super-resolution": "PSNR/SSIM"}.get(self.task, "metric")
@@ -73,6 +74,9 @@ class ModelCard:
         elif self.task == "pose":
             lines.append(f"  input       {self.input_size[0]} frames of 2-D keypoints, {pre['keypoints']}; "
                          f"{pre['normalisation']}; output {pre['output']}")
+        elif self.task == "speech":
+            lines.append(f"  input       {pre['sample_rate']} Hz audio -> {pre['n_mels']} {pre['features']}; "
+                         "output CTC log-probabilities (blank last)")
         else:
             lines.append(f"  input       RGB in [0, 1], any size; output {pre.get('scale')}x larger")
         if self.paper:

@@ -29,6 +29,6 @@ def models(
         typer.echo(f"{'model':<22}{'params (M)':>12}{'GMACs':>8}{'size':>6}{'top-1':>8}")
         for c in cards:
             top1 = c.metrics.get("in1k_224")  # SR and pose cards show their metrics with --show
-            size = f"T={c.input_size[0]}" if c.task == "pose" else c.input_size[-1]
+            size = f"T={c.input_size[0]}" if c.task == "pose" else "1s" if c.task == "speech" else c.input_size[-1]
             typer.echo(f"{c.name:<22}{c.params / 1e6:>12.2f}{c.macs / 1e9:>8.2f}{size:>6}"
                        f"{(f'{top1:.1f}' if top1 else '-'):>8}")

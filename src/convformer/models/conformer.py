@@ -298,6 +298,13 @@ class ConformerCTC(nn.Module):
     def blank(self) -> int:
         return self.cfg.vocab_size
 
+    def convert_weights(self, state: dict, own: dict) -> tuple[dict, str]:
+        """``load_weights`` hook: NeMo's key layout is recognised and renamed; ours passes through."""
+        from ..weights.nemo import from_nemo, is_nemo_layout
+        if is_nemo_layout(state):
+            return from_nemo(state, self.cfg.subsampling), "nemo"
+        return dict(state), "convformer"
+
     def forward(self, features: torch.Tensor, lengths: torch.Tensor | None = None):
         """features (B, T, feat_in) -> CTC log-probabilities (B, T', vocab_size + 1), lengths (B,)."""
         x, lengths = self.encoder(features, lengths)
@@ -314,3 +321,59 @@ def build_conformer(base: ConformerConfig, **kwargs) -> ConformerCTC:
     if "att_context" in values:
         values["att_context"] = tuple(tuple(c) for c in values["att_context"])
     return ConformerCTC(replace(base, **values))
+
+
+# ---- registry --------------------------------------------------------------------------------------------
+from ..registry import ModelCard, register_model  # noqa: E402
+
+PAPER = ("Noroozi, Majumdar, Kumar, Balam, Ginsburg. Stateful Conformer with Cache-based Inference for Streaming "
+         "Automatic Speech Recognition. ICASSP 2024; Gulati et al. Conformer. Interspeech 2020")
+CODE = ("https://github.com/NVIDIA/NeMo (nemo/collections/asr/modules/conformer_encoder.py)",)
+PREPROCESSING = dict(sample_rate=16000, features="log-mel, NeMo conventions (see docs/asr.md)", n_mels=80,
+                     window_ms=25, hop_ms=10, n_fft=512, normalize="per_feature")
+MULTI_LATENCY = ((70, 13), (70, 6), (70, 1), (70, 0))
+_SIZES = {
+    # name: (config, params, MACs per second of audio (100 feature frames), notes)
+    "conformer_ctc_xs": (ConformerConfig(d_model=96, n_layers=6, n_heads=4, subsampling="dw_striding",
+                                         subsampling_factor=4, att_context=((32, 7), (32, 3), (32, 0)),
+                                         att_context_style="chunked_limited"), 1_558_397, 49_979_040,
+                         "Our small size for minutes of CPU training (the espeak-ng corpus); not a NeMo size."),
+    "conformer_ctc_s": (ConformerConfig(d_model=176, n_layers=16, n_heads=4, subsampling="striding",
+                                        subsampling_factor=4, att_context=((64, 2),)), 12_946_765, 502_428_784,
+                        "NeMo Conformer-CTC Small's width and depth (d=176, 16 layers) with a causal kernel-9 "
+                        "conv and a regular [64, 2] context: 2 frames of look-ahead per layer."),
+    "conformer_ctc_m": (ConformerConfig(d_model=256, n_layers=18, n_heads=4, subsampling="striding",
+                                        subsampling_factor=4, att_context=((64, 2),)), 30_477_085, 1_141_847_296,
+                        "NeMo Conformer-CTC Medium's width and depth (d=256, 18 layers), causal as _s."),
+    "fastconformer_ctc_s": (ConformerConfig(d_model=176, n_layers=16, n_heads=4, subsampling="dw_striding",
+                                            subsampling_factor=8, subsampling_channels=176,
+                                            att_context=MULTI_LATENCY, att_context_style="chunked_limited"), 12_423_869, 206_439_024,
+                            "FastConformer-style 8x depthwise subsampling at the small size; multi-latency."),
+    "fastconformer_ctc_l": (ConformerConfig(d_model=512, n_layers=17, n_heads=8, subsampling="dw_striding",
+                                            subsampling_factor=8, subsampling_channels=256,
+                                            att_context=MULTI_LATENCY, att_context_style="chunked_limited"), 108_908_061, 1_635_797_760,
+                            "The encoder of NeMo's cache-aware streaming FastConformer large (d=512, 17 layers, "
+                            "8 heads, 8x dw_striding with 256 channels, causal kernel-9 conv, contexts "
+                            "[[70,13],[70,6],[70,1],[70,0]]); with a 28-character CTC head instead of NeMo's "
+                            "1024-token BPE heads."),
+}
+
+
+def _lookahead_ms(cfg: ConformerConfig, context) -> float:
+    left, right = context
+    frames = right if cfg.att_context_style == "chunked_limited" else right * cfg.n_layers
+    return frames * cfg.frame_ms
+
+
+def _speech_card(name: str, cfg: ConformerConfig, params: int, macs: int, note: str) -> ModelCard:
+    latency = ", ".join(f"[{l},{r}] {_lookahead_ms(cfg, (l, r)):.0f} ms" for l, r in cfg.att_context)
+    return ModelCard(
+        name=name, family="conformer", task="speech", params=params, macs=macs, input_size=(100, cfg.feat_in),
+        paper=PAPER, code=CODE, preprocessing=PREPROCESSING,
+        notes=(note, f"{cfg.att_context_style} attention; look-ahead per context: {latency}; frame rate "
+               f"{1000 / cfg.frame_ms:.1f} Hz ({cfg.frame_ms:.0f} ms frames); MACs are per second of audio.",
+               "Weights load from NeMo (.nemo archives or state dicts) as well as our safetensors."))
+
+
+for _name, (_cfg, _params, _macs, _note) in _SIZES.items():
+    register_model(_speech_card(_name, _cfg, _params, _macs, _note), lambda c=_cfg, **kw: build_conformer(c, **kw))

@@ -1,0 +1,128 @@
+"""Parity with NVIDIA NeMo's own ConformerEncoder: offline and its cache_aware_stream_step.
+
+NeMo is heavy (Lightning, Hydra, transformers, ...), so it lives in the optional ``nemo`` extra and these
+tests run under ``make test-nemo``; without NeMo they skip and say why. NeMo's module is built from a config,
+given random weights, and ours gets the same weights through the NeMo key converter.
+"""
+import io
+import tarfile
+
+import pytest
+import torch
+
+from convformer.models.conformer import ConformerCTC
+from convformer.models.conformer_stream import StreamingConformer
+from convformer.weights.nemo import config_from_nemo, conformer_from_nemo, from_nemo
+
+conformer_encoder = pytest.importorskip(
+    "nemo.collections.asr.modules.conformer_encoder",
+    reason="NeMo is not installed (pip install -e '.[nemo]' or run `make test-nemo`)")
+
+CONFIGS = [
+    dict(subsampling="dw_striding", subsampling_factor=8, att_context_size=[16, 3], att_context_style="chunked_limited"),
+    dict(subsampling="striding", subsampling_factor=4, att_context_size=[8, 2], att_context_style="regular"),
+    dict(subsampling="dw_striding", subsampling_factor=4, att_context_size=[[12, 1], [12, 0]],
+         att_context_style="chunked_limited"),
+]
+
+
+def nemo_pair(extra, seed=0):
+    kw = dict(feat_in=20, n_layers=2, d_model=32, n_heads=4, subsampling_conv_channels=16, ff_expansion_factor=2,
+              self_attention_model="rel_pos", conv_kernel_size=5, conv_context_size="causal",
+              causal_downsampling=True, dropout=0.0, dropout_pre_encoder=0.0, dropout_emb=0.0, dropout_att=0.0,
+              **extra)
+    torch.manual_seed(seed)
+    nemo = conformer_encoder.ConformerEncoder(**kw).eval()
+    with torch.no_grad():
+        for p in nemo.parameters():
+            p.normal_(0, 0.2)
+        for m in nemo.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    ours = ConformerCTC(config_from_nemo(kw)).eval()
+    state = from_nemo(nemo.state_dict(), kw["subsampling"])
+    missing, unexpected = ours.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("head.") for k in missing)
+    return nemo, ours, kw
+
+
+@pytest.mark.parametrize("extra", CONFIGS)
+def test_offline_equals_nemo(extra):
+    nemo, ours, _ = nemo_pair(extra)
+    x = torch.randn(2, 20, 123)
+    lengths = torch.tensor([123, 123])
+    with torch.no_grad():
+        want, want_len = nemo(audio_signal=x, length=lengths)
+        got, got_len = ours.encoder(x.transpose(1, 2), lengths)
+    assert got_len.tolist() == want_len.tolist()
+    assert torch.allclose(got, want.transpose(1, 2), atol=1e-5, rtol=0)
+
+
+def nemo_stream(nemo, x):
+    """NeMo's cache-aware streaming of one utterance (B, feat, T), fed as its streaming buffer feeds it:
+    the first chunk alone, later chunks with the previous pre_encode_cache_size frames in front."""
+    nemo.setup_streaming_params()
+    sc = nemo.streaming_cfg
+    total = x.shape[-1]
+    cache_ch, cache_t, cache_len = nemo.get_initial_cache_state(batch_size=x.shape[0])
+    outs, idx = [], 0
+    while idx < total:
+        size, shift = (sc.chunk_size[0], sc.shift_size[0]) if idx == 0 else (sc.chunk_size[1], sc.shift_size[1])
+        pre = 0 if idx == 0 else sc.pre_encode_cache_size[1]
+        cache = x[:, :, max(0, idx - pre):idx]
+        cache = torch.cat([x.new_zeros(x.shape[0], x.shape[1], pre - cache.shape[-1]), cache], -1)
+        chunk = torch.cat([cache, x[:, :, idx:idx + size]], -1)
+        length = torch.tensor([min(total - idx, size) + pre] * x.shape[0])
+        with torch.no_grad():
+            enc, enc_len, cache_ch, cache_t, cache_len = nemo.cache_aware_stream_step(
+                processed_signal=chunk, processed_signal_length=length, cache_last_channel=cache_ch,
+                cache_last_time=cache_t, cache_last_channel_len=cache_len, keep_all_outputs=idx + shift >= total,
+                drop_extra_pre_encoded=0 if idx == 0 else sc.drop_extra_pre_encoded)
+        outs.append(enc[:, :, :int(enc_len[0])])
+        idx += shift
+    return torch.cat(outs, -1).transpose(1, 2)
+
+
+@pytest.mark.parametrize("extra", [CONFIGS[0], CONFIGS[2]])
+def test_cache_aware_streaming_equals_nemo(extra):
+    nemo, ours, _ = nemo_pair(extra, seed=3)
+    x = torch.randn(1, 20, 200)
+    want = nemo_stream(nemo, x)
+    stream = StreamingConformer(ours.encoder)
+    got, got_len = stream.run(x.transpose(1, 2), None, stream.min_chunk() * 2)
+    with torch.no_grad():
+        offline, _ = ours.encoder(x.transpose(1, 2))
+    n = want.shape[1]
+    assert n >= offline.shape[1] - 1  # NeMo streams every frame it can compute
+    assert torch.allclose(want[0], offline[0, :n], atol=1e-5, rtol=0)
+    assert torch.allclose(got[0, :n], want[0], atol=1e-5, rtol=0)
+
+
+def test_dot_nemo_archive_loads(tmp_path):
+    import yaml
+    nemo, ours, kw = nemo_pair(CONFIGS[0], seed=4)
+    state = {f"encoder.{k}": v for k, v in nemo.state_dict().items()}
+    state["decoder.decoder_layers.0.weight"] = torch.randn(7, 32, 1)
+    state["decoder.decoder_layers.0.bias"] = torch.randn(7)
+    config = {"encoder": kw, "decoder": {"num_classes": 6, "vocabulary": list("abcdef")}}
+    path = tmp_path / "model.nemo"
+    with tarfile.open(path, "w") as tar:
+        for name, blob in (("model_config.yaml", yaml.safe_dump(config).encode()),
+                           ("model_weights.ckpt", _saved(state))):
+            info = tarfile.TarInfo(f"./{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    model = conformer_from_nemo(path).eval()
+    assert model.nemo_vocabulary == list("abcdef")
+    x = torch.randn(1, 20, 96)
+    with torch.no_grad():
+        want, _ = nemo(audio_signal=x, length=torch.tensor([96]))
+        got, _ = model.encoder(x.transpose(1, 2))
+    assert torch.allclose(got, want.transpose(1, 2), atol=1e-5, rtol=0)
+
+
+def _saved(state):
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
