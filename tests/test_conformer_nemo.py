@@ -126,3 +126,20 @@ def _saved(state):
     buf = io.BytesIO()
     torch.save(state, buf)
     return buf.getvalue()
+
+
+def test_log_mel_equals_nemo_preprocessor():
+    from nemo.collections.asr.modules import AudioToMelSpectrogramPreprocessor
+    from convformer.data.speech import LogMelFrontend
+    # the settings of NeMo's Conformer/FastConformer model configs (the class default window is 20 ms)
+    pre = AudioToMelSpectrogramPreprocessor(sample_rate=16000, features=80, window_size=0.025, window_stride=0.01,
+                                            n_fft=512, normalize="per_feature", dither=0.0, pad_to=0).eval()
+    torch.manual_seed(0)
+    audio = torch.randn(2, 16000) * 0.1
+    audio[1, 9123:] = 0
+    lengths = torch.tensor([16000, 9123])
+    with torch.no_grad():
+        want, want_len = pre(input_signal=audio, length=lengths)
+        got, got_len = LogMelFrontend().eval()(audio, lengths)
+    assert got_len.tolist() == want_len.tolist()
+    assert torch.allclose(got, want.transpose(1, 2)[:, :got.shape[1]], atol=1e-4, rtol=0)
