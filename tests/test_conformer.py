@@ -194,3 +194,21 @@ def test_registered_sizes_build_and_stream():
     # causal subsampling: 64 -> 33 -> 17 frames (floor(n/2)+1 per stage), 40 -> 21 -> 11
     assert logp.shape == (2, 17, 29) and lengths.tolist() == [17, 11]
     assert torch.allclose(logp.exp().sum(-1), torch.ones(2, 17), atol=1e-5)
+
+
+def test_stream_speed_benchmark_runs_and_checks_parity(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+    path = Path(__file__).parent.parent / "benchmarks" / "asr_stream_speed.py"
+    spec = importlib.util.spec_from_file_location("asr_stream_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "speed.json"
+    bench.main(["--models", "conformer_ctc_xs", "--seconds", "1.3", "--chunks", "1", "--repeats", "1",
+                "--output", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    assert [r["mode"] for r in rows] == ["cache", "buffered"]
+    assert all(r["parity_streaming_vs_offline"] < 1e-5 and r["buffered_vs_cache"] < 1e-5 for r in rows)
+    assert rows[0]["steps"] == 4 and rows[0]["chunk_ms"] == 320  # 130 frames -> 4 chunks of 32
+    assert (tmp_path / "speed.md").read_text().startswith("| model |")
