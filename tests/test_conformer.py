@@ -212,3 +212,18 @@ def test_stream_speed_benchmark_runs_and_checks_parity(tmp_path):
     assert all(r["parity_streaming_vs_offline"] < 1e-5 and r["buffered_vs_cache"] < 1e-5 for r in rows)
     assert rows[0]["steps"] == 4 and rows[0]["chunk_ms"] == 320  # 130 frames -> 4 chunks of 32
     assert (tmp_path / "speed.md").read_text().startswith("| model |")
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["train", "--model", "conformer_ctc_xs", "--epochs", "1"], "speech model; train it with"),
+    (["export", "--model", "conformer_ctc_xs", "never.onnx"], "streaming step) is not written yet"),
+    (["bench", "conformer_ctc_xs"], "asr_stream_speed.py"),
+])
+def test_image_commands_refuse_speech_models_in_one_line(argv, says, capsys, tmp_path, monkeypatch):
+    from convformer.cli import main
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and says in errors[0] and "Traceback" not in err
+    assert not (tmp_path / "never.onnx").exists()

@@ -68,6 +68,8 @@ def sample_shape(model, hw) -> tuple:
     card = getattr(model, "model_card", None)
     if card is not None and card.task == "pose":
         return tuple(card.input_size)
+    if card is not None and card.task == "speech":
+        raise ConvformerError(f"{card.name} is a speech model; measure it with benchmarks/asr_stream_speed.py")
     return (3, *hw)
 
 

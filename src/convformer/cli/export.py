@@ -33,6 +33,9 @@ def export(
     fast: bool = typer.Option(False, "--fast", help="Export the folded inference model (convformer.optimize)."),
 ):
     """Export to ONNX and check onnxruntime's outputs against PyTorch's."""
+    if model and model_card(model).task == "speech":
+        raise ConvformerError(f"{model} is a speech model: its ONNX export (the streaming step) is not written "
+                              "yet; see docs/asr.md")
     if (model and model_card(model).task == "pose") or (not model and weights and _is_pose(weights)):
         from .pose import load_lifter
         net = load_lifter(weights, model)[0] if weights else create_model(model).eval()
