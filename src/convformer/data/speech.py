@@ -23,19 +23,21 @@ STD_GUARD = 1e-5
 
 
 # ---- mel filterbank (Slaney's Auditory Toolbox scale, as librosa's default) ---------------------------
+# Slaney mel scale: linear below 1 kHz (3 mels per 200 Hz), then 27 mels per factor 6.4 in frequency
+_HZ_PER_MEL = 200.0 / 3
+_LOG_HZ = 1000.0
+_LOG_MEL = _LOG_HZ / _HZ_PER_MEL
+_LOG_STEP = math.log(6.4) / 27.0
+
+
 def hz_to_mel(hz: np.ndarray) -> np.ndarray:
-    """Slaney mel scale: linear below 1 kHz (3 mels per 200 Hz), logarithmic above."""
     hz = np.asarray(hz, dtype=np.float64)
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
-    return np.where(hz >= min_log_hz, min_log_mel + np.log(np.maximum(hz, 1e-10) / min_log_hz) / logstep, hz / f_sp)
+    return np.where(hz >= _LOG_HZ, _LOG_MEL + np.log(np.maximum(hz, 1e-10) / _LOG_HZ) / _LOG_STEP, hz / _HZ_PER_MEL)
 
 
 def mel_to_hz(mel: np.ndarray) -> np.ndarray:
     mel = np.asarray(mel, dtype=np.float64)
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
-    return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), mel * f_sp)
+    return np.where(mel >= _LOG_MEL, _LOG_HZ * np.exp(_LOG_STEP * (mel - _LOG_MEL)), mel * _HZ_PER_MEL)
 
 
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:

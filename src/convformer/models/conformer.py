@@ -126,6 +126,12 @@ class ConvSubsampling(nn.Module):
         b, c, t, f = x.shape
         return self.proj(x.transpose(1, 2).reshape(b, t, c * f)), lengths
 
+    def output_length(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Output frames for ``lengths`` input frames."""
+        for _ in range(self.num_stages):
+            lengths = subsampled_length(lengths, self.causal)
+        return lengths
+
 
 def _zero_outside(x: torch.Tensor, first: torch.Tensor, lengths: torch.Tensor, dim: int) -> torch.Tensor:
     """Zero the frames of ``x`` (time along ``dim``) whose absolute index first + i is < 0 or >= length."""
@@ -148,7 +154,6 @@ class ConvModule(nn.Module):
 
     def __init__(self, dim: int, kernel: int, norm: str = "batch_norm", causal: bool = True):
         super().__init__()
-        self.kernel = kernel
         self.context = (kernel - 1, 0) if causal else ((kernel - 1) // 2, (kernel - 1) // 2)
         self.pw1 = nn.Conv1d(dim, 2 * dim, 1)
         self.dw = nn.Conv1d(dim, dim, kernel, groups=dim)
@@ -195,9 +200,11 @@ class ConformerLayer(nn.Module):
     def half_ffn1(self, x):
         return x + 0.5 * self.drop(self.ffn1(self.ffn1_norm(x)))
 
-    def attend(self, x, context, pos_table, pos_index, blocked):
-        """x: the queries' residual stream; context: the keys' (which include x's frames)."""
-        return x + self.drop(self.attn(self.attn_norm(x), self.attn_norm(context), pos_table, pos_index, blocked))
+    def attend(self, x, queries: slice, pos_table, pos_index, blocked):
+        """x: the residual stream of every key frame; ``queries``: the frames of x that ask (all of them
+        offline, the new chunk when streaming). Returns the queries' residual stream after attention."""
+        h = self.attn_norm(x)
+        return x[:, queries] + self.drop(self.attn(h[:, queries], h, pos_table, pos_index, blocked))
 
     def convolve(self, x, invalid, cache=None):
         y, cache = self.conv(self.conv_norm(x), invalid, cache)
@@ -209,7 +216,7 @@ class ConformerLayer(nn.Module):
     def forward(self, x, pos_table, pos_index, blocked, invalid):
         """The offline layer: every frame of x is a query and a key."""
         x = self.half_ffn1(x)
-        x = self.attend(x, x, pos_table, pos_index, blocked)
+        x = self.attend(x, slice(None), pos_table, pos_index, blocked)
         x, _ = self.convolve(x, invalid)
         return self.finish(x)
 
@@ -359,14 +366,16 @@ _SIZES = {
 }
 
 
-def _lookahead_ms(cfg: ConformerConfig, context) -> float:
-    left, right = context
-    frames = right if cfg.att_context_style == "chunked_limited" else right * cfg.n_layers
-    return frames * cfg.frame_ms
+def lookahead_frames(cfg: ConformerConfig, context) -> int:
+    """Encoder frames a frame's output waits for: the rest of its chunk (chunked_limited) or the right
+    context of every layer (regular)."""
+    right = max(context[1], 0)
+    return right if cfg.att_context_style == "chunked_limited" else right * cfg.n_layers
 
 
 def _speech_card(name: str, cfg: ConformerConfig, params: int, macs: int, note: str) -> ModelCard:
-    latency = ", ".join(f"[{l},{r}] {_lookahead_ms(cfg, (l, r)):.0f} ms" for l, r in cfg.att_context)
+    latency = ", ".join(f"[{l},{r}] {lookahead_frames(cfg, (l, r)) * cfg.frame_ms:.0f} ms"
+                        for l, r in cfg.att_context)
     return ModelCard(
         name=name, family="conformer", task="speech", params=params, macs=macs, input_size=(100, cfg.feat_in),
         paper=PAPER, code=CODE, preprocessing=PREPROCESSING,

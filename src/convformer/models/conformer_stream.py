@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import ConvformerError
 from ..mixers.rel_attention import relative_layout
-from .conformer import ConformerEncoder, context_allowed, subsampled_length
+from .conformer import ConformerEncoder, context_allowed, lookahead_frames
 
 
 @dataclass
@@ -78,13 +78,13 @@ class StreamingConformer(nn.Module):
                 raise ConvformerError(f"streaming needs a finite right context; this model's is {self.context}")
             self.chunk, self.lag = 1, right
             self.cache_frames = left + right
+        self.delay = self.lag * cfg.n_layers   # output positions trail input positions by this many frames
         self.signature = hashlib.sha1(repr((cfg, self.context)).encode()).hexdigest()[:16]
 
     @property
     def latency_frames(self) -> int:
         """Encoder frames of look-ahead: a frame's output needs this many later frames to have arrived."""
-        layers = self.encoder.cfg.n_layers
-        return self.lag * layers if self.chunk == 1 else self.chunk - 1
+        return lookahead_frames(self.encoder.cfg, self.context)
 
     def min_chunk(self) -> int:
         """Smallest valid chunk, in feature frames; every chunk is a multiple of it."""
@@ -140,7 +140,8 @@ class StreamingConformer(nn.Module):
         first = torch.div(state.feat_pos, self.factor, rounding_mode="floor")   # position of x[:, 0]
         k, lag = self.cache_frames, self.lag
         window = torch.arange(k + c, device=x.device)
-        allowed = context_allowed(window[k - lag:k - lag + c], window, self.context, cfg.att_context_style)
+        queries = slice(k - lag, k - lag + c)   # the frames of the key window that ask this step
+        allowed = context_allowed(window[queries], window, self.context, cfg.att_context_style)
         table, index = relative_layout(k - lag, c, 0, k + c, cfg.d_model, x.device)
         keys_next, conv_next = [], []
         for i, layer in enumerate(enc.layers):
@@ -148,9 +149,9 @@ class StreamingConformer(nn.Module):
             keys = torch.cat([state.keys[i], layer.half_ffn1(x)], dim=1)
             key_pos = first.unsqueeze(1) - k + window
             key_ok = (key_pos >= 0) & (key_pos < frame_len.unsqueeze(1))
-            query_ok = key_ok[:, k - lag:k - lag + c]
+            query_ok = key_ok[:, queries]
             blocked = ~(allowed.unsqueeze(0) & query_ok.unsqueeze(2) & key_ok.unsqueeze(1))
-            h = layer.attend(keys[:, k - lag:k - lag + c], keys, table, index, blocked)
+            h = layer.attend(keys, queries, table, index, blocked)
             h, conv_cache = layer.convolve(h, ~query_ok, state.conv[i])
             x = layer.finish(h)
             keys_next.append(keys[:, keys.shape[1] - k:])
@@ -166,12 +167,9 @@ class StreamingConformer(nn.Module):
 
     def frames_owed(self, state: StreamState) -> int:
         """Output frames some stream still has to receive (steps with empty chunks deliver them)."""
-        total = subsampled_length_total(state.feat_len, self.factor)
-        delivered = torch.div(state.feat_pos, self.factor, rounding_mode="floor") - self.latency_lag()
+        total = self.encoder.subsampling.output_length(state.feat_len)
+        delivered = torch.div(state.feat_pos, self.factor, rounding_mode="floor") - self.delay
         return int((total - delivered).clamp(min=0).max()) if state.batch_size else 0
-
-    def latency_lag(self) -> int:
-        return self.lag * self.encoder.cfg.n_layers
 
     @torch.no_grad()
     def run(self, features: torch.Tensor, lengths: torch.Tensor | None, chunk: int):
@@ -198,9 +196,3 @@ class StreamingConformer(nn.Module):
             out[i, :out_len[i]] = y[i][valid[i]]
         return out, out_len
 
-
-def subsampled_length_total(lengths: torch.Tensor, factor: int) -> torch.Tensor:
-    """Encoder frames of an utterance of ``lengths`` feature frames (causal subsampling by ``factor``)."""
-    for _ in range(factor.bit_length() - 1):
-        lengths = subsampled_length(lengths, causal=True)
-    return lengths
