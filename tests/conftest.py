@@ -30,3 +30,16 @@ def load_benchmark(name: str):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     return script
+
+
+@torch.no_grad()
+def randomize_(model: torch.nn.Module, std: float = 0.2) -> torch.nn.Module:
+    """Random weights well away from the initialisation, and non-trivial BatchNorm statistics, so parity
+    tests cannot pass on zero biases or identity norms."""
+    for p in model.parameters():
+        p.normal_(0, std)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.normal_(0, std)
+            m.running_var.uniform_(0.5, 1.5)
+    return model

@@ -11,6 +11,8 @@ from convformer.models.conformer_stream import StreamingConformer
 from convformer.weights import load_weights
 from convformer.weights.nemo import from_nemo, to_nemo
 
+from conftest import load_benchmark, randomize_
+
 
 def tiny(style="chunked_limited", context=(8, 3), subsampling="dw_striding", factor=8, seed=0, **kw):
     cfg = ConformerConfig(feat_in=16, d_model=32, n_layers=3, n_heads=4, ff_expansion=2, conv_kernel=5,
@@ -18,15 +20,7 @@ def tiny(style="chunked_limited", context=(8, 3), subsampling="dw_striding", fac
                           att_context=kw.pop("contexts", (context,)), att_context_style=style, dropout=0.0,
                           dropout_att=0.0, dropout_pre_encoder=0.0, vocab_size=6, **kw)
     torch.manual_seed(seed)
-    model = ConformerCTC(cfg).eval()
-    with torch.no_grad():  # random weights well away from the initialisation, and non-trivial BatchNorm
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm1d):
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-    return model
+    return randomize_(ConformerCTC(cfg).eval())
 
 
 def ragged_batch(seed=1):
@@ -197,13 +191,8 @@ def test_registered_sizes_build_and_stream():
 
 
 def test_stream_speed_benchmark_runs_and_checks_parity(tmp_path):
-    import importlib.util
     import json
-    from pathlib import Path
-    path = Path(__file__).parent.parent / "benchmarks" / "asr_stream_speed.py"
-    spec = importlib.util.spec_from_file_location("asr_stream_speed", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("asr_stream_speed")
     out = tmp_path / "speed.json"
     bench.main(["--models", "conformer_ctc_xs", "--seconds", "1.3", "--chunks", "1", "--repeats", "1",
                 "--output", str(out)])

@@ -14,6 +14,8 @@ from convformer.models.conformer import ConformerCTC
 from convformer.models.conformer_stream import StreamingConformer
 from convformer.weights.nemo import config_from_nemo, conformer_from_nemo, from_nemo
 
+from conftest import randomize_
+
 conformer_encoder = pytest.importorskip(
     "nemo.collections.asr.modules.conformer_encoder",
     reason="NeMo is not installed (pip install -e '.[nemo]' or run `make test-nemo`)")
@@ -32,14 +34,7 @@ def nemo_pair(extra, seed=0):
               causal_downsampling=True, dropout=0.0, dropout_pre_encoder=0.0, dropout_emb=0.0, dropout_att=0.0,
               **extra)
     torch.manual_seed(seed)
-    nemo = conformer_encoder.ConformerEncoder(**kw).eval()
-    with torch.no_grad():
-        for p in nemo.parameters():
-            p.normal_(0, 0.2)
-        for m in nemo.modules():
-            if isinstance(m, torch.nn.BatchNorm1d):
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
+    nemo = randomize_(conformer_encoder.ConformerEncoder(**kw).eval())
     ours = ConformerCTC(config_from_nemo(kw)).eval()
     state = from_nemo(nemo.state_dict(), kw["subsampling"])
     missing, unexpected = ours.load_state_dict(state, strict=False)
