@@ -13,9 +13,9 @@ from typing import Optional
 import numpy as np
 import typer
 
-from ..engine.config import PoseTrainConfig, build_config
+from ..engine.config import PoseTrainConfig
 from ..errors import ConvformerError
-from . import app
+from . import app, options
 
 pose_app = typer.Typer(no_args_is_help=True, help="3-D human pose: train/evaluate lifters, lift 2-D keypoints.")
 app.add_typer(pose_app, name="pose")
@@ -43,39 +43,36 @@ def train_cmd(
     synthetic_noise: Optional[float] = typer.Option(None, help="2-D noise (pixels) on synthetic keypoints."),
     epochs: Optional[int] = typer.Option(None, help="Epochs [default: 20]."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size per process [default: 256]."),
-    accum_steps: Optional[int] = typer.Option(None, help="Gradient accumulation micro-batches [default: 1]."),
+    accum_steps: options.AccumSteps = None,
     lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: 1e-3]."),
     weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay [default: 0.01]."),
     warmup_epochs: Optional[float] = typer.Option(None, help="Linear warm-up epochs [default: 1]."),
-    min_lr: Optional[float] = typer.Option(None, help="Final learning rate of the cosine [default: 1e-5]."),
+    min_lr: options.MinLr = None,
     lr_schedule: Optional[str] = typer.Option(None, help="cosine, or exponential (x --lr-decay per epoch, the "
                                                          "paper's recipe) [default: cosine]."),
     lr_decay: Optional[float] = typer.Option(None, help="Per-epoch factor of the exponential schedule [0.95]."),
     drop_path_rate: Optional[float] = typer.Option(None, help="Stochastic depth [default: 0.1; paper 0.2]."),
     ema_decay: Optional[float] = typer.Option(None, help="Keep an EMA of the weights (e.g. 0.999)."),
-    grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value."),
-    precision: Optional[str] = typer.Option(None, help="fp32, bf16 or fp16 (autocast) [default: fp32]."),
+    grad_clip: options.GradClip = None,
+    precision: options.Precision = None,
     pretrained: Optional[str] = typer.Option(None, help="Weight file to start from."),
-    checkpoint_every: Optional[int] = typer.Option(None, help="Also checkpoint every N steps [default: epochs]."),
-    resume: Optional[str] = typer.Option(None, help="Continue the run in this folder exactly where it stopped."),
-    skip_nonfinite: Optional[bool] = typer.Option(None, "--skip-nonfinite", help="Skip NaN/Inf-loss steps."),
-    deterministic: Optional[bool] = typer.Option(None, "--deterministic", help="Deterministic algorithms."),
-    tensorboard: Optional[bool] = typer.Option(None, "--tensorboard", help="Write TensorBoard event files."),
-    seed: Optional[int] = typer.Option(None, help="Random seed [default: 0]."),
-    workers: Optional[int] = typer.Option(None, help="Data-loader worker processes [default: 0]."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... [default: auto]."),
-    output: Optional[str] = typer.Option(None, help="Parent folder of run folders [default: runs]."),
-    name: Optional[str] = typer.Option(None, help="Run folder name [default: <model>-<time>]."),
-    config: Optional[str] = typer.Option(None, help="YAML/JSON file of options (flags override it)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars or per-epoch lines."),
+    checkpoint_every: options.CheckpointEvery = None,
+    resume: options.Resume = None,
+    skip_nonfinite: options.SkipNonfinite = None,
+    deterministic: options.Deterministic = None,
+    tensorboard: options.Tensorboard = None,
+    seed: options.Seed = None,
+    workers: options.Workers = None,
+    threads: options.Threads = None,
+    device: options.Device = None,
+    output: options.Output = None,
+    name: options.Name = None,
+    config: options.Config = None,
+    quiet: options.Quiet = False,
 ):
     """Train a lifter (MPJPE loss, AdamW, cosine); run folder, resume and torchrun DDP as `convformer train`."""
-    from ..engine.train import train as run_training
-    flags = {k: v for k, v in locals().items() if k not in ("config", "quiet", "run_training")}
-    cfg = build_config(PoseTrainConfig, config, **flags)
-    given = {k for k, v in flags.items() if v is not None}
-    result = run_training(cfg, progress=not quiet, given=given)
+    flags = {k: v for k, v in locals().items() if k not in ("config", "quiet")}
+    cfg, result = options.run_training_command(PoseTrainConfig, config, flags, quiet)
     if not result["main"] or result.get("val_mpjpe") is None:
         return
     typer.echo(f"{cfg.model} on {cfg.data}: val MPJPE {result['val_mpjpe']:.1f} mm, P-MPJPE "

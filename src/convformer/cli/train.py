@@ -9,10 +9,9 @@ from typing import Optional
 
 import typer
 
-from ..engine import TrainConfig, build_config
+from ..engine import TrainConfig
 from ..engine.presets import PRESETS
-from ..engine.train import train as run_training
-from . import app
+from . import app, options
 
 _PRESET_HELP = "Recipe: " + "; ".join(f"{k} ({v})" for k, v in PRESETS.items()) + "."
 
@@ -25,13 +24,13 @@ def train(
     img_size: Optional[int] = typer.Option(None, help="Input size [default: 32 for digits, else the card's]."),
     epochs: Optional[int] = typer.Option(None, help="Epochs [default: 30]."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size per process [default: 64]."),
-    accum_steps: Optional[int] = typer.Option(None, help="Gradient accumulation micro-batches [default: 1]."),
+    accum_steps: options.AccumSteps = None,
     lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: 2e-3]."),
     lr_base_batch: Optional[int] = typer.Option(None, help="--lr is for this global batch; scale linearly."),
     optimizer: Optional[str] = typer.Option(None, help="adamw or lamb [default: adamw]."),
     weight_decay: Optional[float] = typer.Option(None, help="Weight decay (not on norms/biases/scales) [0.05]."),
     warmup_epochs: Optional[float] = typer.Option(None, help="Linear warm-up epochs [default: 3]."),
-    min_lr: Optional[float] = typer.Option(None, help="Final learning rate of the cosine [default: 1e-5]."),
+    min_lr: options.MinLr = None,
     label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing [default: 0.1]."),
     mixup: Optional[float] = typer.Option(None, help="Mixup alpha (0 = off) [default: 0]."),
     cutmix: Optional[float] = typer.Option(None, help="CutMix alpha (0 = off) [default: 0]."),
@@ -40,8 +39,8 @@ def train(
     drop_path_rate: Optional[float] = typer.Option(None, help="Stochastic depth rate [default: 0.05]."),
     head_dropout: Optional[float] = typer.Option(None, help="Dropout before the classifier [default: 0]."),
     ema_decay: Optional[float] = typer.Option(None, help="Keep an EMA of the weights (e.g. 0.9998)."),
-    grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value."),
-    precision: Optional[str] = typer.Option(None, help="fp32, bf16 or fp16 (autocast) [default: fp32]."),
+    grad_clip: options.GradClip = None,
+    precision: options.Precision = None,
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
                                                  help="Channels-last input memory format."),
     grad_checkpointing: Optional[bool] = typer.Option(None, "--grad-checkpointing/--no-grad-checkpointing",
@@ -49,27 +48,25 @@ def train(
     pretrained: Optional[str] = typer.Option(None, help="Weights to start from (file or card tag); the head is "
                                                         "replaced when the class count differs."),
     num_classes: Optional[int] = typer.Option(None, help="Classes of the new head (checked against the data)."),
-    checkpoint_every: Optional[int] = typer.Option(None, help="Also checkpoint every N steps [default: epochs]."),
-    resume: Optional[str] = typer.Option(None, help="Continue the run in this folder exactly where it stopped."),
-    skip_nonfinite: Optional[bool] = typer.Option(None, "--skip-nonfinite", help="Skip NaN/Inf-loss steps."),
+    checkpoint_every: options.CheckpointEvery = None,
+    resume: options.Resume = None,
+    skip_nonfinite: options.SkipNonfinite = None,
     skip_bad_images: Optional[bool] = typer.Option(None, "--skip-bad-images",
                                                    help="Drop unreadable images with a warning."),
-    deterministic: Optional[bool] = typer.Option(None, "--deterministic", help="Deterministic algorithms."),
-    tensorboard: Optional[bool] = typer.Option(None, "--tensorboard", help="Write TensorBoard event files."),
-    seed: Optional[int] = typer.Option(None, help="Random seed [default: 0]."),
-    workers: Optional[int] = typer.Option(None, help="Data-loader worker processes [default: 0]."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... [default: auto]."),
-    output: Optional[str] = typer.Option(None, help="Parent folder of run folders [default: runs]."),
-    name: Optional[str] = typer.Option(None, help="Run folder name [default: <model>-<time>]."),
-    config: Optional[str] = typer.Option(None, help="YAML/JSON file of options (flags override it)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars or per-epoch lines."),
+    deterministic: options.Deterministic = None,
+    tensorboard: options.Tensorboard = None,
+    seed: options.Seed = None,
+    workers: options.Workers = None,
+    threads: options.Threads = None,
+    device: options.Device = None,
+    output: options.Output = None,
+    name: options.Name = None,
+    config: options.Config = None,
+    quiet: options.Quiet = False,
 ):
     """Train a classifier; writes config, metrics, curves and checkpoints to a run folder."""
     flags = {k: v for k, v in locals().items() if k not in ("config", "quiet")}
-    cfg = build_config(TrainConfig, config, **flags)
-    given = {k for k, v in flags.items() if v is not None}
-    result = run_training(cfg, progress=not quiet, given=given)
+    cfg, result = options.run_training_command(TrainConfig, config, flags, quiet)
     if result.get("val_top1") is None or not result["main"]:
         return
     ema = f", EMA {result['ema_val_top1']:.2f}%" if result.get("ema_val_top1") is not None else ""
