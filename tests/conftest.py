@@ -43,3 +43,18 @@ def randomize_(model: torch.nn.Module, std: float = 0.2) -> torch.nn.Module:
             m.running_mean.normal_(0, std)
             m.running_var.uniform_(0.5, 1.5)
     return model
+
+
+class Crash(BaseException):
+    """Raised inside the training loop: nothing in the engine catches it (like Ctrl-C or a dying worker)."""
+
+
+def crash_at(monkeypatch, task_cls, step: int) -> None:
+    """Make ``task_cls.prepare`` raise :class:`Crash` when the loop reaches global step ``step``."""
+    real = task_cls.prepare
+
+    def prepare(self, batch, cfg, device, seed_parts):
+        if seed_parts[1] == step:  # seed_parts = (seed, global_step, micro-batch, rank)
+            raise Crash
+        return real(self, batch, cfg, device, seed_parts)
+    monkeypatch.setattr(task_cls, "prepare", prepare)

@@ -18,6 +18,8 @@ from convformer.engine.state import read_train_state
 from convformer.engine.train import train
 from convformer.errors import ConvformerError
 
+from conftest import Crash, crash_at
+
 SMALL = dict(synthetic_frames=60, stride=5, val_stride=10, batch_size=32, threads=1, warmup_epochs=0.5)
 
 
@@ -86,20 +88,6 @@ def test_training_reduces_the_training_error(tmp_path):
     assert rows[-1]["val_mpjpe"] < rows[0]["val_mpjpe"]  # and it generalises to the held-out subjects
 
 
-class _Crash(BaseException):
-    """Raised inside the loop: nothing in the engine catches it (like Ctrl-C or a dying worker)."""
-
-
-def _crash_at(monkeypatch, step: int) -> None:
-    real = PoseLifting.prepare
-
-    def prepare(self, batch, cfg, device, seed_parts):
-        if seed_parts[1] == step:  # seed_parts = (seed, global_step, micro-batch, rank)
-            raise _Crash
-        return real(self, batch, cfg, device, seed_parts)
-    monkeypatch.setattr(PoseLifting, "prepare", prepare)
-
-
 # A training process that SIGKILLs itself just before global step KILL_AT: no finally blocks, no flushing,
 # exactly what an OOM killer or a pre-empted machine does, but at a step chosen by the test.
 _KILLED_RUN = r"""
@@ -140,8 +128,8 @@ def test_interrupted_and_killed_run_resumes_to_bit_identical_weights(tmp_path, m
 
     run = tmp_path / "killed"
     with monkeypatch.context() as patch:  # crash at step 6 of epoch 1, two steps after the checkpoint at 3
-        _crash_at(patch, 5)
-        with pytest.raises(_Crash):
+        crash_at(patch, PoseLifting, 5)
+        with pytest.raises(Crash):
             train(PoseTrainConfig(**options, name="killed"), progress=False)
     assert _info(run)["epoch"] == 1 and _info(run)["step_in_epoch"] == 3
     assert not (run / "metrics.json").exists() and not (run / "last.safetensors").exists()

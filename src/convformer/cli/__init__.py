@@ -21,7 +21,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
     """convformer: MetaFormer-family models, exactly as the papers define them."""
 
 
-from . import bench, evaluate, export, models, pose, predict, sr, train  # noqa: E402,F401  (register sub-commands)
+from . import asr, bench, evaluate, export, models, pose, predict, sr, train  # noqa: E402,F401  (register sub-commands)
 
 
 def main(argv: list[str] | None = None) -> int:

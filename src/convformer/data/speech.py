@@ -195,7 +195,8 @@ class SentencePieceVocabulary:
             raise ConvformerError("a SentencePiece vocabulary needs sentencepiece: pip install sentencepiece") from None
         if not os.path.exists(model_file):
             raise ConvformerError(f"{model_file}: no such SentencePiece model")
-        self.sp = spm.SentencePieceProcessor(model_file=os.fspath(model_file))
+        self.model_file = os.path.abspath(model_file)
+        self.sp = spm.SentencePieceProcessor(model_file=self.model_file)
 
     def __len__(self) -> int:
         return self.sp.get_piece_size()

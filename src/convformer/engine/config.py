@@ -10,7 +10,30 @@ from ..errors import ConvformerError
 
 
 @dataclass
-class TrainConfig:
+class EngineOptions:
+    """Options of the training engine itself, the same whatever is trained (every *TrainConfig has them)."""
+    grad_clip: Optional[float] = None
+    precision: str = "fp32"              # "fp32", "bf16" (autocast) or "fp16" (autocast + loss scaling)
+    optimizer: str = "adamw"             # "adamw" or "lamb"
+    lr_base_batch: Optional[int] = None  # lr is for this global batch; scaled linearly to the real one
+    accum_steps: int = 1                 # micro-batches per optimizer step (gradient accumulation)
+    ema_decay: Optional[float] = None    # EMA of weights (e.g. 0.9998), evaluated beside the raw weights
+    checkpoint_every: int = 0            # also checkpoint every N optimizer steps (0: at epoch ends only)
+    resume: Optional[str] = None         # run folder (or its checkpoint.safetensors) to continue
+    skip_nonfinite: bool = False         # skip steps whose loss is NaN/Inf instead of stopping
+    deterministic: bool = False          # deterministic algorithms (bitwise-reproducible on CPU)
+    tensorboard: bool = False            # also write TensorBoard event files to the run folder
+    pretrained: Optional[str] = None     # weight file or tag to fine-tune from (new head if classes differ)
+    seed: int = 0
+    workers: int = 0
+    threads: Optional[int] = None        # torch CPU threads; None = PyTorch's default
+    device: str = "auto"
+    output: str = "runs"
+    name: Optional[str] = None           # run folder name; default <model>-<time>
+
+
+@dataclass
+class TrainConfig(EngineOptions):
     model: str = "convformer_nano"
     data: str = "digits"                 # "digits" or a folder with train/ and val/ class folders
     img_size: Optional[int] = None       # None: 32 for digits, the model card's size otherwise
@@ -22,34 +45,16 @@ class TrainConfig:
     min_lr: float = 1e-5
     label_smoothing: float = 0.1
     drop_path_rate: float = 0.05
-    grad_clip: Optional[float] = None
-    precision: str = "fp32"              # "fp32", "bf16" (autocast) or "fp16" (autocast + loss scaling)
     channels_last: bool = False          # feed images in channels-last memory format
     grad_checkpointing: bool = False     # recompute block activations in backward to save memory
-    optimizer: str = "adamw"             # "adamw" or "lamb"
-    lr_base_batch: Optional[int] = None  # lr is for this global batch; scaled linearly to the real one
-    accum_steps: int = 1                 # micro-batches per optimizer step (gradient accumulation)
-    ema_decay: Optional[float] = None    # EMA of weights (e.g. 0.9998), evaluated beside the raw weights
     mixup: float = 0.0                   # Mixup alpha (0 = off)
     cutmix: float = 0.0                  # CutMix alpha (0 = off)
     randaugment: Optional[str] = None    # timm RandAugment policy, e.g. "rand-m9-mstd0.5-inc1" (image folders)
     random_erasing: float = 0.0          # random-erasing probability
     head_dropout: float = 0.0            # dropout before the classifier
     num_classes: Optional[int] = None    # must match the data's classes; set it to say "new head" explicitly
-    checkpoint_every: int = 0            # also checkpoint every N optimizer steps (0: at epoch ends only)
-    resume: Optional[str] = None         # run folder (or its checkpoint.safetensors) to continue
-    skip_nonfinite: bool = False         # skip steps whose loss is NaN/Inf instead of stopping
     skip_bad_images: bool = False        # drop unreadable images (with a warning) instead of stopping
-    deterministic: bool = False          # deterministic algorithms (bitwise-reproducible on CPU)
-    tensorboard: bool = False            # also write TensorBoard event files to the run folder
     preset: Optional[str] = None         # a recipe from convformer.engine.presets (see --help)
-    pretrained: Optional[str] = None     # weight file or tag to fine-tune from (new head if classes differ)
-    seed: int = 0
-    workers: int = 0
-    threads: Optional[int] = None        # torch CPU threads; None = PyTorch's default
-    device: str = "auto"
-    output: str = "runs"
-    name: Optional[str] = None           # run folder name; default <model>-<time>
 
 
 @dataclass
@@ -122,7 +127,7 @@ class SRTrainConfig:
 
 
 @dataclass
-class PoseTrainConfig:
+class PoseTrainConfig(EngineOptions):
     """`convformer pose train`: the shared training options plus the pose data's."""
     model: str = "convformer_pose_t27"
     data: str = "synthetic"              # "synthetic" (generated on the fly) or a folder of VideoPose3D files
@@ -149,25 +154,30 @@ class PoseTrainConfig:
     lr_schedule: str = "cosine"          # "cosine" (to min_lr) or "exponential" (x lr_decay per epoch)
     lr_decay: float = 0.95               # per-epoch factor of the exponential schedule (the paper's)
     drop_path_rate: float = 0.1
-    grad_clip: Optional[float] = None
-    precision: str = "fp32"
-    optimizer: str = "adamw"
-    lr_base_batch: Optional[int] = None
-    accum_steps: int = 1
-    ema_decay: Optional[float] = None
-    checkpoint_every: int = 0
-    resume: Optional[str] = None
-    skip_nonfinite: bool = False
-    deterministic: bool = False
-    tensorboard: bool = False
-    pretrained: Optional[str] = None
-    seed: int = 0
-    workers: int = 0
-    threads: Optional[int] = None
-    device: str = "auto"
-    output: str = "runs"
-    name: Optional[str] = None
 
     def task(self):
         from .pose import PoseLifting
         return PoseLifting()
+
+
+@dataclass
+class AsrTrainConfig(EngineOptions):
+    """`convformer asr train`: the engine's options plus the speech data's."""
+    model: str = "conformer_ctc_xs"
+    data: str = "bundled"                # "bundled" (the espeak-ng corpus in data/speech) or a folder of manifests
+    train_manifest: str = "train.jsonl"  # NeMo-style manifests (audio_filepath, text) inside the data folder
+    val_manifest: str = "test.jsonl"
+    vocab: str = "chars"                 # "chars" or a SentencePiece .model file
+    spec_augment: bool = True            # SpecAugment on training features
+    epochs: int = 40
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-3
+    warmup_epochs: float = 2.0
+    min_lr: float = 1e-5
+    lr_schedule: str = "cosine"
+    lr_decay: float = 0.95
+
+    def task(self):
+        from .asr import SpeechRecognition
+        return SpeechRecognition()

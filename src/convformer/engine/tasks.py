@@ -5,12 +5,13 @@ optimizer and schedule, EMA, mixed precision, checkpoints and exact resume, NaN 
 and logs. A task supplies the rest: its data sets, the model's extra arguments, the loss, one running
 training statistic, and the validation metrics with the one that picks ``best.safetensors``.
 
-Tasks: :class:`ImageClassification` (here) and ``engine.pose.PoseLifting``.
+Tasks: :class:`ImageClassification` (here), ``engine.pose.PoseLifting`` and ``engine.asr.SpeechRecognition``.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import torch
 from torch.utils.data import Dataset
@@ -28,6 +29,7 @@ class TaskData:
     model_kwargs: dict                                   # extra create_model arguments
     resolved: dict = field(default_factory=dict)         # added to the run's config.json
     meta: dict = field(default_factory=dict)             # string metadata stored in every weight file
+    collate: Optional[Callable] = None                   # batches items of different sizes (None: stack)
 
 
 class Task:
@@ -47,6 +49,10 @@ class Task:
         must be drawn under ``mix_seed(*seed_parts, ...)`` (see :mod:`.sampler`) to keep resume exact."""
         inputs, target = batch
         return inputs.to(device), target.to(device), target.to(device)
+
+    def forward(self, model, inputs):
+        """Run the model on what :meth:`prepare` returned as inputs."""
+        return model(inputs)
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

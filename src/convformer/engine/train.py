@@ -224,7 +224,7 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, progress: bool, 
     if resume_state is not None and (folder / "metrics.json").exists():
         log_rows.rows = [r for r in json.loads((folder / "metrics.json").read_text()) if r["epoch"] < epoch]
     writer = _tensorboard(folder) if cfg.tensorboard and dist_.main else None
-    val_loader = _val_loader(data.val, cfg, dist_)
+    val_loader = _val_loader(data.val, cfg, dist_, data.collate)
     train_set = SeededDataset(data.train)
 
     def checkpoint(next_epoch: int, step_in_epoch: int) -> None:
@@ -237,7 +237,7 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, progress: bool, 
     while epoch <= cfg.epochs:
         train_model.train()
         loader = DataLoader(train_set, batch_sampler=list(batches.micro_batches(epoch, start_step)),
-                            num_workers=cfg.workers)
+                            num_workers=cfg.workers, collate_fn=data.collate)
         batch_iter = iter(loader)
         bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
                    disable=not progress, unit="step")
@@ -255,12 +255,12 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, progress: bool, 
                 sync = train_model.no_sync() if dist_.enabled and micro < cfg.accum_steps - 1 else nullcontext()
                 with sync:
                     with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-                        output = train_model(inputs)
+                        output = task.forward(train_model, inputs)
                     loss = task.loss(output, labels)
                     finite = finite and bool(torch.isfinite(loss))
                     scaler.scale(loss / cfg.accum_steps).backward()
                 step_sums[0] += loss.item() * len(target)
-                step_sums[1] += task.statistic(output.detach(), target)
+                step_sums[1] += task.statistic(_detached(output), target)
                 step_sums[2] += len(target)
             if dist_.any(not finite):
                 if not cfg.skip_nonfinite:
@@ -339,9 +339,16 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, progress: bool, 
             "main": dist_.main}
 
 
-def _val_loader(val_set, cfg: TrainConfig, dist_: Dist) -> DataLoader:
+def _val_loader(val_set, cfg: TrainConfig, dist_: Dist, collate=None) -> DataLoader:
     subset = Subset(val_set, range(dist_.rank, len(val_set), dist_.world)) if dist_.enabled else val_set
-    return DataLoader(subset, batch_size=max(cfg.batch_size, 128), num_workers=cfg.workers)
+    return DataLoader(subset, batch_size=max(cfg.batch_size, 128), num_workers=cfg.workers, collate_fn=collate)
+
+
+def _detached(output):
+    """A model output (a tensor or a tuple of tensors) cut from the graph, for statistics."""
+    if isinstance(output, (tuple, list)):
+        return type(output)(_detached(o) for o in output)
+    return output.detach() if isinstance(output, torch.Tensor) else output
 
 
 def _evaluate(task, model, loader, device, dist_: Dist) -> dict:
