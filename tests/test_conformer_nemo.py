@@ -12,13 +12,14 @@ import torch
 
 from convformer.models.conformer import ConformerCTC
 from convformer.models.conformer_stream import StreamingConformer
-from convformer.weights.nemo import config_from_nemo, conformer_from_nemo, from_nemo
+from convformer.weights.nemo import config_from_nemo, config_to_nemo, conformer_from_nemo, from_nemo
 
 from conftest import randomize_
 
 conformer_encoder = pytest.importorskip(
     "nemo.collections.asr.modules.conformer_encoder",
     reason="NeMo is not installed (pip install -e '.[nemo]' or run `make test-nemo`)")
+from convformer.bench.nemo import build_nemo_encoder, nemo_cache_aware_stream  # noqa: E402
 
 CONFIGS = [
     dict(subsampling="dw_striding", subsampling_factor=8, att_context_size=[16, 3], att_context_style="chunked_limited"),
@@ -54,36 +55,11 @@ def test_offline_equals_nemo(extra):
     assert torch.allclose(got, want.transpose(1, 2), atol=1e-5, rtol=0)
 
 
-def nemo_stream(nemo, x):
-    """NeMo's cache-aware streaming of one utterance (B, feat, T), fed as its streaming buffer feeds it:
-    the first chunk alone, later chunks with the previous pre_encode_cache_size frames in front."""
-    nemo.setup_streaming_params()
-    sc = nemo.streaming_cfg
-    total = x.shape[-1]
-    cache_ch, cache_t, cache_len = nemo.get_initial_cache_state(batch_size=x.shape[0])
-    outs, idx = [], 0
-    while idx < total:
-        size, shift = (sc.chunk_size[0], sc.shift_size[0]) if idx == 0 else (sc.chunk_size[1], sc.shift_size[1])
-        pre = 0 if idx == 0 else sc.pre_encode_cache_size[1]
-        cache = x[:, :, max(0, idx - pre):idx]
-        cache = torch.cat([x.new_zeros(x.shape[0], x.shape[1], pre - cache.shape[-1]), cache], -1)
-        chunk = torch.cat([cache, x[:, :, idx:idx + size]], -1)
-        length = torch.tensor([min(total - idx, size) + pre] * x.shape[0])
-        with torch.no_grad():
-            enc, enc_len, cache_ch, cache_t, cache_len = nemo.cache_aware_stream_step(
-                processed_signal=chunk, processed_signal_length=length, cache_last_channel=cache_ch,
-                cache_last_time=cache_t, cache_last_channel_len=cache_len, keep_all_outputs=idx + shift >= total,
-                drop_extra_pre_encoded=0 if idx == 0 else sc.drop_extra_pre_encoded)
-        outs.append(enc[:, :, :int(enc_len[0])])
-        idx += shift
-    return torch.cat(outs, -1).transpose(1, 2)
-
-
 @pytest.mark.parametrize("extra", [CONFIGS[0], CONFIGS[2]])
 def test_cache_aware_streaming_equals_nemo(extra):
     nemo, ours, _ = nemo_pair(extra, seed=3)
     x = torch.randn(1, 20, 200)
-    want = nemo_stream(nemo, x)
+    want, _ = nemo_cache_aware_stream(nemo, x)
     stream = StreamingConformer(ours.encoder)
     got, got_len = stream.run(x.transpose(1, 2), None, stream.min_chunk() * 2)
     with torch.no_grad():
@@ -138,3 +114,17 @@ def test_log_mel_equals_nemo_preprocessor():
         got, got_len = LogMelFrontend().eval()(audio, lengths)
     assert got_len.tolist() == want_len.tolist()
     assert torch.allclose(got, want.transpose(1, 2)[:, :got.shape[1]], atol=1e-4, rtol=0)
+
+
+def test_our_model_exported_to_nemo_gives_our_outputs():
+    import convformer
+    torch.manual_seed(0)
+    model = randomize_(convformer.create_model("conformer_ctc_xs", n_layers=2, dropout=0.0, dropout_att=0.0,
+                                               dropout_pre_encoder=0.0)).eval()
+    assert config_from_nemo(config_to_nemo(model.cfg)).att_context == model.cfg.att_context
+    nemo = build_nemo_encoder(model)
+    x = torch.randn(1, 80, 160)
+    with torch.no_grad():
+        want, _ = nemo(audio_signal=x, length=torch.tensor([160]))
+        got, _ = model.encoder(x.transpose(1, 2))
+    assert torch.allclose(got, want.transpose(1, 2), atol=1e-5, rtol=0)

@@ -131,6 +131,20 @@ def config_from_nemo(cfg: dict):
         dropout_att=float(enc.get("dropout_att", 0.0)), vocab_size=int(vocab))
 
 
+def config_to_nemo(cfg) -> dict:
+    """NeMo ``ConformerEncoder`` keyword arguments for our ``ConformerConfig`` (the inverse of config_from_nemo)."""
+    contexts = [list(c) for c in cfg.att_context]
+    return dict(feat_in=cfg.feat_in, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                ff_expansion_factor=cfg.ff_expansion, conv_kernel_size=cfg.conv_kernel, conv_norm_type=cfg.conv_norm,
+                conv_context_size="causal" if cfg.causal_conv else None, subsampling=cfg.subsampling,
+                subsampling_factor=cfg.subsampling_factor, subsampling_conv_channels=cfg.subsampling_channels or -1,
+                causal_downsampling=cfg.causal_subsampling, self_attention_model="rel_pos",
+                att_context_size=contexts if len(contexts) > 1 else contexts[0],
+                att_context_probs=list(cfg.att_context_probs) or None, att_context_style=cfg.att_context_style,
+                xscaling=cfg.xscaling, dropout=cfg.dropout, dropout_pre_encoder=cfg.dropout_pre_encoder,
+                dropout_emb=0.0, dropout_att=cfg.dropout_att)
+
+
 def read_nemo(path: str | os.PathLike) -> tuple[dict, dict]:
     """(state dict, config dict) from a ``.nemo`` archive, without unpickling anything."""
     import yaml
