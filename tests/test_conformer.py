@@ -205,14 +205,33 @@ def test_stream_speed_benchmark_runs_and_checks_parity(tmp_path):
 
 @pytest.mark.parametrize("argv,says", [
     (["train", "--model", "conformer_ctc_xs", "--epochs", "1"], "speech model; train it with"),
-    (["export", "--model", "conformer_ctc_xs", "never.onnx"], "streaming step) is not written yet"),
+    (["export", "--model", "conformer_ctc_xs", "never.onnx", "--chunk-ms", "100"], "multiple of 320 ms"),
     (["bench", "conformer_ctc_xs"], "asr_stream_speed.py"),
 ])
-def test_image_commands_refuse_speech_models_in_one_line(argv, says, capsys, tmp_path, monkeypatch):
+def test_other_commands_handle_speech_models_in_one_line(argv, says, capsys, tmp_path, monkeypatch):
     from convformer.cli import main
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and says in errors[0] and "Traceback" not in err
+    assert not (tmp_path / "never.onnx").exists()
+
+
+@pytest.mark.parametrize("style,context,subsampling,factor,chunk", [("chunked_limited", (8, 3), "dw_striding", 8, 64),
+                                                                    ("regular", (6, 2), "striding", 4, 8)])
+def test_stream_step_exports_to_onnx_with_caches_in_and_out(style, context, subsampling, factor, chunk, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from convformer.export.onnx import onnx_session
+    from convformer.export.stream_onnx import export_stream_step
+    model = tiny(style, context, subsampling, factor)
+    result = export_stream_step(model, tmp_path / "step.onnx", chunk)
+    assert result["max_abs_diff"] < 1e-4 and result["chunk"] == chunk
+    session = onnx_session(tmp_path / "step.onnx")
+    assert [i.name for i in session.get_inputs()] == ["features", "lengths", "feat_cache", "feat_pos", "feat_len",
+                                                      "keys", "conv"]
+    assert [o.name for o in session.get_outputs()][:3] == ["encoded", "log_probs", "valid"]
+    # a tolerance nothing can meet: refused, and no file left behind
+    with pytest.raises(ConvformerError, match="was not written"):
+        export_stream_step(model, tmp_path / "never.onnx", chunk, atol=0.0)
     assert not (tmp_path / "never.onnx").exists()

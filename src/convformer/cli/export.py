@@ -13,13 +13,14 @@ from . import app
 from .evaluate import model_from_weights
 
 
-def _is_pose(weights: str) -> bool:
+def _task(model: Optional[str], weights: Optional[str]) -> str:
+    """The task of the model named, or else of the one the weight file says it holds."""
     from ..weights import read_state_dict
-    name = read_state_dict(weights)[1].get("architecture", "")
+    name = model or (read_state_dict(weights)[1].get("architecture", "") if weights else "")
     try:
-        return model_card(name).task == "pose"
+        return model_card(name).task
     except ConvformerError:
-        return False
+        return "classification" if not model else model_card(model).task
 
 
 @app.command()
@@ -31,12 +32,23 @@ def export(
     opset: int = typer.Option(17, help="ONNX opset."),
     atol: float = typer.Option(1e-4, help="Largest allowed |onnxruntime - PyTorch| difference."),
     fast: bool = typer.Option(False, "--fast", help="Export the folded inference model (convformer.optimize)."),
+    chunk_ms: Optional[float] = typer.Option(None, help="Speech models: the streaming step's chunk in ms "
+                                                        "[default: the model's smallest]."),
 ):
     """Export to ONNX and check onnxruntime's outputs against PyTorch's."""
-    if model and model_card(model).task == "speech":
-        raise ConvformerError(f"{model} is a speech model: its ONNX export (the streaming step) is not written "
-                              "yet; see docs/asr.md")
-    if (model and model_card(model).task == "pose") or (not model and weights and _is_pose(weights)):
+    task = _task(model, weights)
+    if task == "speech":  # the streaming step, caches in and out
+        from ..engine.asr import load_asr, stream_chunk
+        from ..export.stream_onnx import export_stream_step
+        from ..models.conformer_stream import StreamingConformer
+        net = load_asr(weights, model)[0] if weights else create_model(model).eval()
+        chunk = stream_chunk(StreamingConformer(net.encoder), chunk_ms)
+        result = export_stream_step(net, output, chunk, opset=opset, atol=atol)
+        typer.echo(f"wrote {result['path']} (opset {opset}, streaming step of {result['chunk_ms']} ms: features "
+                   f"(batch, {chunk}, {net.cfg.feat_in}) + caches in, frames + log-probs + caches out); max "
+                   f"|onnxruntime - PyTorch| over a streamed utterance = {result['max_abs_diff']:.2e}")
+        return
+    if task == "pose":
         from .pose import load_lifter
         net = load_lifter(weights, model)[0] if weights else create_model(model).eval()
         net = optimize_for_export(net)  # always: the fused attention kernels must be graph constants

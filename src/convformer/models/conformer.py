@@ -236,9 +236,9 @@ def context_allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, context: tuple, st
         left_chunks = left // chunk if left >= 0 else 10 ** 9
         return (dc >= 0) & (dc <= left_chunks)
     if left >= 0:
-        ok &= d <= left
+        ok = ok & (d <= left)
     if right >= 0:
-        ok &= d >= -right
+        ok = ok & (d >= -right)
     return ok
 
 

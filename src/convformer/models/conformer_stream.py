@@ -126,11 +126,16 @@ class StreamingConformer(nn.Module):
         """One chunk: features (B, n, feat_in), n a multiple of :meth:`min_chunk`; ``lengths`` (B,) valid
         frames per stream (fewer than n ends that stream). Returns (frames (B, n/factor, d_model),
         valid (B, n/factor) bool, next state). The state passed in is not modified."""
-        enc, cfg = self.encoder, self.encoder.cfg
         b, n, _ = features.shape
         lengths = torch.full((b,), n, dtype=torch.long, device=features.device) if lengths is None \
             else lengths.to(device=features.device, dtype=torch.long)
         self._check(features, lengths, state)
+        return self.advance(features, lengths, state)
+
+    def advance(self, features: torch.Tensor, lengths: torch.Tensor, state: StreamState):
+        """:meth:`step` without its input checks (and traceable: the ONNX export runs this)."""
+        enc, cfg = self.encoder, self.encoder.cfg
+        n = features.shape[1]
         c = n // self.factor
         feat_len = state.feat_len + lengths
         buffer = torch.cat([state.features, features.to(state.features.dtype)], dim=1)
