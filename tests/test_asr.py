@@ -151,3 +151,38 @@ def test_weights_without_a_vocabulary_are_refused(tmp_path, capsys):
     convformer.save_weights(convformer.create_model("conformer_ctc_xs"), path)
     assert main(["asr", "transcribe", str(BUNDLED / "test" / "0000.flac"), "--weights", str(path)]) == 2
     assert "does not record its vocabulary" in one_line_error(capsys)
+
+
+def test_torchrun_two_processes_train_and_score_the_whole_validation_set(tmp_path):
+    import os
+    import subprocess
+    import sys
+    data = small_corpus(tmp_path / "data", train=4, val=3)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(31500 + os.getpid() % 1000), "-m", "convformer", "asr", "train", "--data", str(data),
+                          "--epochs", "1", "--batch-size", "2", "--threads", "1", "--quiet", "--output",
+                          str(tmp_path), "--name", "ddp"], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads((tmp_path / "ddp" / "env.json").read_text())["world_size"] == 2
+    row = json.loads((tmp_path / "ddp" / "metrics.json").read_text())[-1]
+    # 3 validation utterances split 2 + 1 across the ranks, summed back to all 3
+    assert "val_cer" in row and "3 utterances" in run.stdout
+    assert json.loads((tmp_path / "ddp" / "config.json").read_text())["global_batch"] == 4
+
+
+def test_sentencepiece_vocabulary_trains_and_round_trips(tmp_path):
+    spm = pytest.importorskip("sentencepiece")
+    from convformer.engine.asr import load_asr, vocabulary_from_meta, vocabulary_meta
+    texts = [json.loads(line)["text"] for line in (BUNDLED / "train.jsonl").read_text().splitlines()]
+    (tmp_path / "text.txt").write_text("\n".join(texts) + "\n")
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "text.txt"), model_prefix=str(tmp_path / "sp"),
+                                   vocab_size=64, model_type="unigram", minloglevel=2)
+    data = small_corpus(tmp_path / "data", train=4, val=2)
+    cfg = AsrTrainConfig(data=str(data), vocab=str(tmp_path / "sp.model"), epochs=1, batch_size=2, threads=1,
+                         output=str(tmp_path / "runs"), name="sp")
+    train(cfg, progress=False, log=lambda *_: None)
+    model, vocab = load_asr(str(tmp_path / "runs" / "sp" / "best.safetensors"))
+    assert len(vocab) == 64 and model.cfg.vocab_size == 64 and model.blank == 64
+    assert vocab.decode(vocab.encode("seven three apple")) == "seven three apple"
+    assert vocabulary_from_meta(vocabulary_meta(vocab)).encode("red car") == vocab.encode("red car")
