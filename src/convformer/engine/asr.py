@@ -244,19 +244,14 @@ def transcribe_stream(model, vocab, feats: torch.Tensor, chunk: int, stream, on_
     """Stream one utterance's features (T, F) chunk by chunk. ``on_partial(seconds, text)`` is called whenever
     new tokens arrive. Returns the final text and per-step compute times."""
     import time
-    state = stream.initial_state(1)
     decoder = StreamingGreedyDecoder(1, model.blank)
     total, pos, times = feats.shape[0], 0, []
-    while pos < total or stream.frames_owed(state) > 0:
-        piece = feats[pos:pos + chunk]
-        n = piece.shape[0]
-        if n < chunk:
-            piece = torch.cat([piece, piece.new_zeros(chunk - n, piece.shape[1])])
-        t0 = time.perf_counter()
-        enc, valid, state = stream.step(piece[None], state, torch.tensor([n]))
+    t0 = time.perf_counter()
+    for _, _, enc, valid, _ in stream.steps(feats[None], None, chunk):
         gained = decoder.push(torch.log_softmax(model.head(enc), dim=-1), valid)
         times.append(time.perf_counter() - t0)
         pos += chunk
         if gained[0] and on_partial is not None:
             on_partial(min(pos, total) / 100, vocab.decode(decoder.tokens[0]))
+        t0 = time.perf_counter()
     return {"text": vocab.decode(decoder.tokens[0]), "step_seconds": times}

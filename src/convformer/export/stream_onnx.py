@@ -84,19 +84,13 @@ def _compare(stream: StreamingConformer, model, onnx_path: str, chunk: int) -> f
     feats = torch.randn(2, 3 * chunk, model.cfg.feat_in, generator=g)
     lengths = torch.tensor([3 * chunk, 2 * chunk - 5])
     session = onnx_session(onnx_path)
-    state = stream.initial_state(2)
-    onnx_state = [t.numpy() for t in _as_inputs(state)]
-    worst, pos = 0.0, 0
-    while pos < feats.shape[1] or stream.frames_owed(state) > 0:
-        piece = feats[:, pos:pos + chunk]
-        piece = torch.cat([piece, piece.new_zeros(2, chunk - piece.shape[1], piece.shape[2])], 1)
-        n = (lengths - pos).clamp(0, chunk)
-        enc, valid, state = stream.step(piece, state, n)
+    onnx_state = [t.numpy() for t in _as_inputs(stream.initial_state(2))]
+    worst = 0.0
+    for piece, n, enc, valid, _ in stream.steps(feats, lengths, chunk):
         out = session.run(None, dict(zip(["features", "lengths", *STATE], [piece.numpy(), n.numpy(), *onnx_state])))
         if not np.array_equal(out[2], valid.numpy()):
             return float("inf")
         mask = valid.numpy()
         worst = max(worst, float(np.abs(out[0][mask] - enc.numpy()[mask]).max()) if mask.any() else 0.0)
         onnx_state = out[3:]
-        pos += chunk
     return worst

@@ -177,22 +177,31 @@ class StreamingConformer(nn.Module):
         return int((total - delivered).clamp(min=0).max()) if state.batch_size else 0
 
     @torch.no_grad()
-    def run(self, features: torch.Tensor, lengths: torch.Tensor | None, chunk: int):
-        """Stream whole utterances (B, T, feat_in) in chunks of ``chunk`` feature frames, flushing at the
-        end. Returns (B, T', d_model) and lengths equal to the offline forward's."""
+    def steps(self, features: torch.Tensor, lengths: torch.Tensor | None, chunk: int):
+        """Stream whole utterances (B, T, feat_in) in chunks of ``chunk`` feature frames, then flush. Yields
+        (chunk, chunk lengths, frames, valid, state) for every step."""
         b, t, f = features.shape
         lengths = torch.full((b,), t, dtype=torch.long) if lengths is None else lengths.long()
         state = self.initial_state(b, features.device, features.dtype)
-        outs, masks = [], []
         pos = 0
         while pos < t or self.frames_owed(state) > 0:
             piece = features[:, pos:pos + chunk]
             if piece.shape[1] < chunk:
                 piece = torch.cat([piece, piece.new_zeros(b, chunk - piece.shape[1], f)], dim=1)
-            y, valid, state = self.step(piece, state, (lengths - pos).clamp(0, chunk))
+            n = (lengths - pos).clamp(0, chunk)
+            y, valid, state = self.step(piece, state, n)
+            yield piece, n, y, valid, state
+            pos += chunk
+
+    @torch.no_grad()
+    def run(self, features: torch.Tensor, lengths: torch.Tensor | None, chunk: int):
+        """Stream whole utterances (B, T, feat_in) in chunks of ``chunk`` feature frames, flushing at the
+        end. Returns (B, T', d_model) and lengths equal to the offline forward's."""
+        b = features.shape[0]
+        outs, masks = [], []
+        for _, _, y, valid, _ in self.steps(features, lengths, chunk):
             outs.append(y)
             masks.append(valid)
-            pos += chunk
         y, valid = torch.cat(outs, dim=1), torch.cat(masks, dim=1)
         out_len = valid.sum(1)
         width = int(out_len.max()) if b else 0
