@@ -1,5 +1,6 @@
 """The `convformer` command: the embedded training run, eval, predict, models, and bad input."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -171,3 +172,44 @@ def test_unknown_precision_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--precision", "fp8", "--output", str(tmp_path)]) == 2
     assert "precision must be" in _one_line_error(capsys)
     assert not any(tmp_path.iterdir())  # no run folder left behind
+
+
+def _colour_folders(root: Path, per_class: int = 4) -> Path:
+    for split in ("train", "val"):
+        for cls, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                noise = (torch.rand(40, 40, 3) * 30).byte().numpy()
+                Image.fromarray((noise + torch.tensor(colour).byte().numpy()).clip(0, 255)).save(folder / f"{i}.png")
+    return root
+
+
+def test_log_output_is_one_line_per_epoch_outside_a_terminal(tmp_path):
+    data = _colour_folders(tmp_path / "data")
+    exe = Path(sys.executable).parent / "convformer"
+    env = {k: v for k, v in os.environ.items() if k != "CONVFORMER_PROGRESS"}
+    run = subprocess.run([str(exe), "train", "--data", str(data), "--model", "convformer_nano", "--img-size", "32",
+                          "--epochs", "3", "--batch-size", "2", "--threads", "1", "--output", str(tmp_path / "runs")],
+                         capture_output=True, text=True, env=env)  # pipes: not a terminal
+    assert run.returncode == 0, run.stderr
+    log = run.stdout + run.stderr
+    assert "\r" not in log, "a progress bar was redrawn into the log"
+    epoch_lines = [line for line in log.splitlines() if line.startswith("epoch")]
+    assert len(epoch_lines) == 3, log
+    assert len(log.splitlines()) < 15, log
+
+
+def test_progress_bars_follow_the_terminal_and_the_override(monkeypatch):
+    from convformer import progress
+    monkeypatch.delenv("CONVFORMER_PROGRESS", raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert progress.progress_bar(range(3)).disable
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert not progress.progress_bar(range(3)).disable
+    assert progress.progress_bar(range(3), disable=True).disable
+    monkeypatch.setenv("CONVFORMER_PROGRESS", "0")
+    assert progress.progress_bar(range(3)).disable
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    monkeypatch.setenv("CONVFORMER_PROGRESS", "1")
+    assert not progress.progress_bar(range(3)).disable

@@ -121,8 +121,18 @@ class Evil:
 
 def test_pickled_objects_are_refused(tmp_path):
     torch.save({"weight": Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(ConvformerError, match="weights_only"):
+    with pytest.raises(ConvformerError, match="pickled Python objects") as info:
         read_state_dict(tmp_path / "evil.pth")
+    message = str(info.value)
+    assert "safetensors" in message and "\n" not in message
+    assert "False" not in message, "the unsafe unrestricted load must never be suggested"
+
+
+def test_corrupt_pth_is_reported_without_the_unsafe_advice(tmp_path):
+    (tmp_path / "bad.pth").write_bytes(b"\x80\x02not really a pickle")
+    with pytest.raises(ConvformerError, match="truncated or not a weight file") as info:
+        read_state_dict(tmp_path / "bad.pth")
+    assert "False" not in str(info.value)
 
 
 def test_failed_write_leaves_existing_file_untouched(tmp_path, monkeypatch):

@@ -202,7 +202,7 @@ def format_table(report: dict) -> str:
 
 
 def write_report(report: dict, json_path: str | os.PathLike, plot_path: str | os.PathLike | None = None) -> None:
-    from ..weights.io import atomic_write
+    from ..fileio import atomic_write
     atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
     if plot_path:
         atomic_write(plot_path, lambda tmp: _plot(report, tmp))

@@ -97,7 +97,7 @@ def eval_cmd(
     from ..engine.asr import (Utterances, collate_utterances, decode_batch, load_asr, read_manifest, resolve_data,
                               stream_chunk)
     from ..engine.ctc import error_rates
-    from ..weights.io import atomic_write
+    from ..fileio import atomic_write
     net, vocab = load_asr(weights, model)
     streamer = _streamer(net, context) if stream or context else None
     chunk = stream_chunk(streamer, chunk_ms) if stream else 0

@@ -120,7 +120,7 @@ def eval_cmd(
 ):
     """Per-action MPJPE (protocol 1), P-MPJPE (protocol 2), N-MPJPE and MPJVE over whole sequences."""
     from ..engine.pose import evaluate_sequences, load_split
-    from ..weights.io import atomic_write
+    from ..fileio import atomic_write
     net, _ = load_lifter(weights, model, fast)
     cfg = PoseTrainConfig(data=data, keypoints=keypoints, actions=actions, synthetic_frames=synthetic_frames,
                           synthetic_noise=synthetic_noise)
@@ -192,7 +192,7 @@ def lift_cmd(
     from ..data.keypoints import load_keypoints
     from ..data.pose import normalize_screen
     from ..engine.pose import lift_sequence
-    from ..weights.io import atomic_write
+    from ..fileio import atomic_write
     output = output or keypoints.with_name(keypoints.stem + "_3d.npy")
     if output.suffix != ".npy":
         raise ConvformerError(f"--output must be a .npy file, got {output}")

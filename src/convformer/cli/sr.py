@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from tqdm import tqdm
+from ..progress import progress_bar
 
 from ..errors import ConvformerError
 from ..registry import create_model, list_models
@@ -53,7 +53,7 @@ def upscale_cmd(
     if existing and not overwrite:
         raise ConvformerError(f"{existing[0]} already exists ({len(existing)} in all); pass --overwrite or "
                               "choose another --output")
-    for f, target in tqdm(list(zip(files, targets)), desc="upscaling", disable=len(files) < 2):
+    for f, target in progress_bar(list(zip(files, targets)), desc="upscaling", disable=len(files) < 2):
         save_png(upscale(net, load_rgb(f), tile, tile_overlap), target)
     typer.echo(f"wrote {len(files)} image(s) to {output}")
 
@@ -78,7 +78,7 @@ def eval_cmd(
     s = net.scale
     pairs = paired_files(hr_folder, lr, s) if lr else [(None, f) for f in image_files([hr_folder])]
     rows, crops = [], []
-    for lr_file, f in tqdm(pairs, desc="evaluating", disable=len(pairs) < 2):
+    for lr_file, f in progress_bar(pairs, desc="evaluating", disable=len(pairs) < 2):
         lr_img, hr = load_pair(lr_file, f, s) if lr_file else (None, mod_crop(load_rgb(f), s))
         if min(hr.shape[-2:]) < 2 * s + 11:  # SSIM needs 11x11 after the border crop
             raise ConvformerError(f"{f} is too small to evaluate at x{s} ({hr.shape[-1]}x{hr.shape[-2]})")
@@ -102,7 +102,7 @@ def _write_eval(folder: Path, rows: list, mean: dict, crops: list, size: int = 9
     """metrics.csv / metrics.json, and strip.png: a centre crop per image, bicubic | model | ground truth."""
     import torch
     from ..data.sr import save_png
-    from ..weights.io import atomic_write
+    from ..fileio import atomic_write
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()

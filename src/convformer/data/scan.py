@@ -10,7 +10,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
-from tqdm import tqdm
+from ..progress import progress_bar
 
 from ..errors import ConvformerError
 
@@ -27,7 +27,7 @@ def _check(path: str) -> str | None:
 def scan_images(paths: list[str], progress: bool = True, workers: int = 8) -> dict[str, str]:
     """Map each unreadable path to the reason; empty when all files are images."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(tqdm(pool.map(_check, paths, chunksize=64), total=len(paths), desc="scanning images",
+        results = list(progress_bar(pool.map(_check, paths, chunksize=64), total=len(paths), desc="scanning images",
                             leave=False, disable=not progress or len(paths) < 2000))
     return {p: r for p, r in zip(paths, results) if r is not None}
 

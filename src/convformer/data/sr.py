@@ -108,6 +108,6 @@ def load_rgb(path) -> torch.Tensor:
 def save_png(img: torch.Tensor, path) -> None:
     """(1, 3, H, W) or (3, H, W) in [0, 1] -> 8-bit PNG, written atomically."""
     from PIL import Image
-    from ..weights.io import atomic_write
+    from ..fileio import atomic_write
     arr = (img.reshape(3, *img.shape[-2:]).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
     atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from tqdm import tqdm
+from ..progress import progress_bar
 
 from ..data.speech import (CharVocabulary, FrontendConfig, LogMelFrontend, SentencePieceVocabulary, SpecAugment,
                            load_audio)
@@ -84,7 +84,7 @@ class Utterances(Dataset):
                  augment: SpecAugment | None = None, progress: bool = False, what: str = "utterances"):
         self.texts, self.features, self.tokens = [], [], []
         self.augment = augment
-        for entry in tqdm(entries, desc=f"features ({what})", disable=not progress, leave=False, unit="utt"):
+        for entry in progress_bar(entries, desc=f"features ({what})", disable=not progress, leave=False, unit="utt"):
             feats, _ = frontend(load_audio(entry["audio_filepath"], frontend.cfg.sample_rate))
             tokens = vocab.encode(entry["text"])
             if not tokens:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
+from ..progress import progress_bar
 
 from .metrics import topk_correct
 
@@ -13,7 +13,7 @@ from .metrics import topk_correct
 def evaluate(model: nn.Module, loader, device: torch.device, progress: bool = False) -> dict:
     model.eval()
     total, loss_sum, top1, top5 = 0, 0.0, 0, 0
-    for images, target in tqdm(loader, desc="eval", leave=False, disable=not progress):
+    for images, target in progress_bar(loader, desc="eval", leave=False, disable=not progress):
         images, target = images.to(device), target.to(device)
         logits = model(images)
         loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from ..progress import progress_bar
 
 from ..errors import ConvformerError
 from .pose_metrics import PoseErrorTable, action_group, mpjpe, mpjve, p_mpjpe
@@ -181,7 +181,7 @@ def lift_sequence(model, keypoints: torch.Tensor, flip_tta: bool = True, batch_s
     padded = torch.cat([keypoints[:1].expand(pad, -1, -1), keypoints, keypoints[-1:].expand(pad, -1, -1)])
     windows = padded.unfold(0, frames, 1).permute(0, 3, 1, 2)  # (N, T, J, 2)
     out = []
-    for start in tqdm(range(0, len(windows), batch_size), desc="lifting", disable=not progress, leave=False):
+    for start in progress_bar(range(0, len(windows), batch_size), desc="lifting", disable=not progress, leave=False):
         out.append(predict(model, windows[start:start + batch_size].contiguous(), flip_tta, left, right)[:, 0])
     return torch.cat(out)
 
@@ -192,7 +192,7 @@ def evaluate_sequences(model, sequences, flip_tta: bool = True, batch_size: int 
     """Per-action protocol 1/2 table and MPJVE over whole sequences: returns (PoseErrorTable, {action: mpjve_mm})."""
     model.eval()
     table, velocity = PoseErrorTable(), {}
-    for seq in tqdm(sequences, desc="evaluating", disable=not progress, unit="seq"):
+    for seq in progress_bar(sequences, desc="evaluating", disable=not progress, unit="seq"):
         pred = lift_sequence(model, torch.from_numpy(seq.keypoints).float(), flip_tta, batch_size, left=left,
                              right=right)
         target = torch.from_numpy(seq.poses).float()

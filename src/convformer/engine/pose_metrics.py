@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConvformerError
-from ..weights.io import atomic_write
+from ..fileio import atomic_write
 
 PROTOCOLS = ("mpjpe", "p_mpjpe", "n_mpjpe")
 _LABELS = {"mpjpe": "MPJPE", "p_mpjpe": "P-MPJPE", "n_mpjpe": "N-MPJPE"}

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..data.keypoints import H36M_BONES, H36M_LEFT, H36M_RIGHT
 from ..errors import ConvformerError
-from ..weights.io import atomic_write
+from ..fileio import atomic_write
 
 LEFT, RIGHT, CENTRE = "tab:blue", "tab:red", "0.25"
 

@@ -136,11 +136,11 @@ def train_sr(cfg, progress: bool = True, log=print) -> dict:
     import time
     from pathlib import Path
 
-    from tqdm import tqdm
+    from ..progress import progress_bar, write as progress_write
 
     from ..registry import create_model, list_models
     from ..weights import save_weights
-    from ..weights.io import atomic_write
+    from ..fileio import atomic_write
     from .config import config_dict
     from .ema import ModelEma
     from .metrics import MetricLog
@@ -178,7 +178,7 @@ def train_sr(cfg, progress: bool = True, log=print) -> dict:
         log_rows.rows = [r for r in json.loads((folder / "metrics.json").read_text()) if r["step"] <= step]
     meta = {"scale": str(scale), "val_images": json.dumps(val_names)}
     start, loss_sum, seen = time.time(), 0.0, 0
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"training {cfg.model}", disable=not progress, unit="step")
+    bar = progress_bar(total=cfg.steps, initial=step, desc=f"training {cfg.model}", disable=not progress, unit="step")
     model.train()
     while step < cfg.steps:
         lr, hr = random_patches(train_items, cfg.batch_size, cfg.patch, scale, mix_seed(cfg.seed, step))
@@ -207,7 +207,7 @@ def train_sr(cfg, progress: bool = True, log=print) -> dict:
                 best = val["psnr"]
                 save_weights(net, folder / "best.safetensors", metadata={**meta, "step": str(step)})
             if progress:
-                tqdm.write(f"step {step:6d}  L1 {row['train_l1']:.4f}  val PSNR {val['psnr']:.2f} dB "
+                progress_write(f"step {step:6d}  L1 {row['train_l1']:.4f}  val PSNR {val['psnr']:.2f} dB "
                            f"(bicubic {val['bicubic_psnr']:.2f})  SSIM {val['ssim']:.4f}")
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save_train_state(folder / "checkpoint.safetensors", model, optimizer, ema, None,

@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
+from ..progress import progress_bar, write as progress_write
 
 from ..errors import ConvformerError
 from ..registry import create_model
 from ..weights import save_weights
-from ..weights.io import atomic_write
+from ..fileio import atomic_write
 from .config import TrainConfig, config_dict
 from .distributed import Dist, setup, teardown
 from .ema import ModelEma
@@ -239,7 +239,7 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, progress: bool, 
         loader = DataLoader(train_set, batch_sampler=list(batches.micro_batches(epoch, start_step)),
                             num_workers=cfg.workers, collate_fn=data.collate)
         batch_iter = iter(loader)
-        bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
+        bar = progress_bar(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
                    disable=not progress, unit="step")
         tick = time.time()
         for step_in_epoch in range(start_step, steps_per_epoch):
@@ -272,7 +272,7 @@ def _train(cfg: TrainConfig, dist_: Dist, device: torch.device, progress: bool, 
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
                 if progress:
-                    tqdm.write(f"warning: non-finite loss at step {global_step + 1}; step skipped ({skipped} so far)")
+                    progress_write(f"warning: non-finite loss at step {global_step + 1}; step skipped ({skipped} so far)")
             else:
                 if cfg.grad_clip:
                     scaler.unscale_(optimizer)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ConvformerError
-from ..weights.io import atomic_write
+from ..fileio import atomic_write
 
 
 def onnx_session(path: str | os.PathLike, threads: int | None = None):

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import ConvformerError
 from ..models.conformer_stream import StreamingConformer, StreamState
-from ..weights.io import atomic_write
+from ..fileio import atomic_write
 from .onnx import onnx_session
 
 STATE = ("feat_cache", "feat_pos", "feat_len", "keys", "conv")

@@ -9,10 +9,10 @@ from torch import nn
 from ..errors import ConvformerError
 from .convert import drop_classifier, match_shapes, to_our_names, to_timm
 from .hub import resolve_pretrained
-from .io import atomic_write, read_state_dict, save_state_dict
+from .io import read_state_dict, save_state_dict
 
 __all__ = ["save_weights", "load_weights", "load_pretrained", "to_timm", "read_state_dict",
-           "save_state_dict", "atomic_write"]
+           "save_state_dict"]
 
 
 def model_metadata(model: nn.Module) -> dict:

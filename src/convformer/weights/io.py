@@ -2,57 +2,24 @@
 
 Our format is safetensors (no code runs on load). Other formats people have (.pth/.pt/.bin/.tar state
 dicts from timm or the papers' repositories) are read with ``torch.load(weights_only=True)``, which
-refuses pickled objects other than tensors and plain containers. Every write goes to a temporary file
-in the target folder and is then renamed over the target, so a crash never leaves half a file.
+refuses pickled objects other than tensors and plain containers. Every write goes through
+``fileio.atomic_write``, so a crash never leaves half a file.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import pickle
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import ConvformerError
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+from ..fileio import atomic_write
 
 WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "params")
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)``, then rename tmp_path to ``path``; on failure ``path`` is untouched."""
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give them the usual permissions
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        _remove(tmp)
-        raise ConvformerError(f"could not write {path}: {err.strerror or err}; nothing was overwritten "
-                              "(check free disk space and permissions)") from err
-    except BaseException:
-        _remove(tmp)
-        raise
-    return path
-
-
-def _remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
 
 
 def save_state_dict(state_dict: dict, path: str | os.PathLike, metadata: dict | None = None) -> Path:
@@ -81,10 +48,20 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
                                   f"corrupt: {err}); re-download or re-save it") from err
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types here: report them all the same way
-        raise ConvformerError(f"cannot read {path} as a PyTorch state dict ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0][:200]}); only tensors are accepted "
-                              "(weights_only=True)") from err
+    except pickle.UnpicklingError as err:
+        if "unsupported global" not in str(err).lower():  # not a foreign object: a damaged pickle
+            raise ConvformerError(f"cannot read {path}: the file is truncated or not a weight file "
+                                  "(re-download or re-save it)") from err
+        # PyTorch's own message goes on to advise an unrestricted load; we never repeat that advice.
+        raise ConvformerError(
+            f"refusing {path}: it holds pickled Python objects besides tensors, and loading those can run "
+            "arbitrary code; re-save the weights as safetensors where they came from (in the trusted "
+            "environment that made them: safetensors.torch.save_file(model.state_dict(), 'model.safetensors'))"
+        ) from err
+    except Exception as err:  # torch raises many types for corrupt or foreign files
+        first = str(err).splitlines()[0][:160] if str(err) else ""
+        raise ConvformerError(f"cannot read {path} as a PyTorch state dict ({type(err).__name__}: {first}); "
+                              "the file may be truncated or not a weight file: re-download it") from err
     return unwrap_state_dict(obj, path), {}
 
 
