@@ -1,7 +1,12 @@
-"""The equivalent of timm's own model tests, for every registered model, on small inputs."""
+"""The logic of timm's own model test suite (pytorch-image-models tests/test_models.py: forward,
+backward, default cfgs, torchscript, features, forward_intermediates, fx), for every registered
+classification model, on small inputs. Where timm only checks that something runs, we also check that
+the result equals the eager model's."""
+import math
+
 import pytest
 import torch
-import torch.fx
+from torchvision.models.feature_extraction import create_feature_extractor
 
 import convformer
 
@@ -58,15 +63,6 @@ def test_features_only(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_fx_trace_equals_eager(name):
-    model = make(name).eval()
-    traced = torch.fx.symbolic_trace(model)
-    x = torch.randn(1, 3, SIZE, SIZE)
-    with torch.no_grad():
-        torch.testing.assert_close(traced(x), model(x), atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("name", MODELS)
 def test_grad_checkpointing_matches_plain_forward(name):
     model = make(name, num_classes=10).train()
     x = torch.randn(2, 3, SIZE, SIZE)
@@ -99,3 +95,102 @@ def test_any_multiple_of_32_works():
     model = make("caformer_s18").eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 96, 160)).shape == (1, 1000)
+
+
+def make_sized(name, **kwargs):
+    """A model whose pretrained_cfg describes the small test size (timm reads sizes from the cfg)."""
+    torch.manual_seed(0)
+    return convformer.create_model(name, img_size=SIZE, **kwargs)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_default_cfgs_describe_the_model(name):
+    model = make_sized(name).eval()
+    assert model.num_classes == 1000 and model.num_features > 0 and model.head_hidden_size > 0
+    cfg = model.default_cfg
+    assert cfg == model.pretrained_cfg
+    state = model.state_dict()
+    assert state[cfg["classifier"] + ".weight"].shape[0] == cfg["num_classes"] == model.num_classes
+    assert state[cfg["first_conv"] + ".weight"].shape[1] == cfg["input_size"][0]
+    x = torch.randn(1, *cfg["input_size"])
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        pre = model.forward_head(feats, pre_logits=True)
+        assert feats.shape[1:] == (model.num_features, *cfg["pool_size"])
+        assert pre.shape == (1, model.head_hidden_size)
+        model.reset_classifier(0)
+        assert model.num_classes == 0
+        torch.testing.assert_close(model(x), pre)  # no classifier = the pre-logits
+        model.reset_classifier(0, "")
+        assert model(x).shape[1:] == (model.num_features, *cfg["pool_size"])
+        bare = make_sized(name, num_classes=0, global_pool="").eval()
+        assert bare(x).shape[1:] == (bare.num_features, *cfg["pool_size"])
+    assert make_sized(name, num_classes=0).pretrained_cfg["num_classes"] == 0
+
+
+def test_default_size_cfg_matches_the_card():
+    cfg = convformer.create_model("caformer_s18").pretrained_cfg
+    assert cfg["input_size"] == (3, 224, 224) and cfg["pool_size"] == (7, 7) and cfg["classifier"] == "head.fc.fc2"
+    assert convformer.create_model("poolformer_s12").pretrained_cfg["crop_pct"] == 0.9
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_torchscript_equals_eager(name):
+    model = make_sized(name).eval()
+    features = make_sized(name, features_only=True).eval()
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(model)(x), model(x), atol=1e-5, rtol=1e-5)
+        scripted_maps = torch.jit.script(features)(x)
+        eager_maps = features(x)
+    assert isinstance(scripted_maps, list) and len(scripted_maps) == len(eager_maps) == 4
+    for a, b in zip(scripted_maps, eager_maps):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_intermediates_and_pruning_follow_timm(name):
+    model = make_sized(name).eval()
+    channels, reductions = model.feature_info.channels(), model.feature_info.reduction()
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        final, maps = model.forward_intermediates(x)
+        assert len(maps) == len(channels) == 4
+        for c, r, m in zip(channels, reductions, maps):
+            assert m.shape == (1, c, math.ceil(SIZE / r), math.ceil(SIZE / r))
+        torch.testing.assert_close(final, model.forward_features(x))
+        last2 = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        torch.testing.assert_close(last2, maps[2:])
+        nhwc = model.forward_intermediates(x, indices=[-1], output_fmt="NHWC", intermediates_only=True)
+        torch.testing.assert_close(nhwc[0], maps[-1].permute(0, 2, 3, 1))
+        early, taken = model.forward_intermediates(x, indices=[0, 1], stop_early=True)
+        torch.testing.assert_close(early, maps[1])
+        model.set_grad_checkpointing()
+        torch.testing.assert_close(model.forward_intermediates(x)[0], final, rtol=1e-4, atol=1e-5)
+        model.set_grad_checkpointing(False)
+        assert model.prune_intermediate_layers([0, 1]) == [0, 1]
+        assert len(model.stages) == 2 and model.num_features == channels[1] and model.num_classes == 0
+        torch.testing.assert_close(model(x), maps[1])  # pruned: the last kept stage's map, unpooled
+        torch.testing.assert_close(model.forward_intermediates(x, intermediates_only=True), maps[:2])
+    with pytest.raises(convformer.ConvformerError, match="out of range"):
+        model.forward_intermediates(x, indices=[5])
+    with pytest.raises(convformer.ConvformerError, match="output_fmt"):
+        model.forward_intermediates(x, output_fmt="NLC")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_fx_feature_extractor_forward_backward_and_script(name):
+    """torchvision's create_feature_extractor (what timm's fx tests use) on the classifier node the
+    pretrained_cfg names: eager-equal output, a gradient for every parameter, and scriptable."""
+    model = make_sized(name, num_classes=42).eval()
+    node = model.pretrained_cfg["classifier"]
+    fx_model = create_feature_extractor(model, return_nodes={node: "logits"})
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        expected = model(x)
+        assert torch.equal(fx_model(x)["logits"], expected)
+        torch.testing.assert_close(torch.jit.script(fx_model)(x)["logits"], expected, atol=1e-5, rtol=1e-5)
+    fx_model.train()
+    fx_model(x)["logits"].mean().backward()
+    missing = [n for n, p in fx_model.named_parameters() if p.grad is None]
+    assert not missing and sum(p.numel() for p in fx_model.parameters()) == sum(p.numel() for p in model.parameters())

@@ -43,14 +43,19 @@ def test_timm_weights_into_ours(name):
     x = torch.randn(2, 3, size_for(name), size_for(name))
     with torch.no_grad():
         diff = (ours(x) - ref(x)).abs().max().item()
-        ref_maps = ref.forward_intermediates(x, intermediates_only=True)
-        ours.features_only = True
-        our_maps = ours(x)
     assert diff <= 1e-4
-    assert len(our_maps) == len(ref_maps) == 4
-    for a, b in zip(our_maps, ref_maps):
-        assert a.shape == b.shape
-        assert (a - b).abs().max().item() <= 1e-4
+    # forward_intermediates follows timm's signature and meaning, argument by argument
+    calls = [dict(intermediates_only=True), dict(indices=2), dict(indices=[0, -2], stop_early=True),
+             dict(indices=(1,), stop_early=False, norm=True)]
+    with torch.no_grad():
+        for kwargs in calls:
+            got, want = ours.forward_intermediates(x, **kwargs), ref.forward_intermediates(x, **kwargs)
+            if not kwargs.get("intermediates_only"):
+                assert (got[0] - want[0]).abs().max().item() <= 1e-4, kwargs
+                got, want = got[1], want[1]
+            assert len(got) == len(want), kwargs
+            for a, b in zip(got, want):
+                assert a.shape == b.shape and (a - b).abs().max().item() <= 1e-4, kwargs
 
 
 @pytest.mark.parametrize("name", TIMM_VARIANTS)

@@ -150,3 +150,42 @@ def test_failed_write_leaves_existing_file_untouched(tmp_path, monkeypatch):
         save_state_dict({"a": torch.zeros(2)}, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["keep.safetensors"]
+
+
+@pytest.mark.parametrize("name", ["poolformerv2_s12", "randformer_s12", "convformer_s18", "caformer_s18"])
+def test_official_layout_is_written_as_the_authors_name_it(name, tmp_path):
+    torch.manual_seed(0)
+    ours = perturb(convformer.create_model(name)).eval()
+    expected = timm_to_official(to_timm(ours))  # the test's own, independent naming
+    path = convformer.save_weights(ours, tmp_path / f"{name}.pth", layout="official")
+    written = torch.load(path, weights_only=True)
+    assert written.keys() == expected.keys()
+    assert all(torch.equal(written[k], expected[k]) for k in expected)
+    fresh = convformer.create_model(name).eval()
+    assert convformer.load_weights(fresh, path) == "official"
+    x = torch.randn(1, 3, 224, 224) if name.startswith("rand") else torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), ours(x))
+    convformer.save_weights(ours, tmp_path / "official.safetensors", layout="official")
+    assert load_file(tmp_path / "official.safetensors").keys() == expected.keys()
+
+
+def test_original_poolformer_written_in_its_layout_loads_through_timms_converter(tmp_path):
+    from timm.models.metaformer import checkpoint_filter_fn
+    torch.manual_seed(0)
+    ours = perturb(convformer.create_model("poolformer_s12")).eval()
+    path = convformer.save_weights(ours, tmp_path / "poolformer_s12.pth", layout="official")
+    written = torch.load(path, weights_only=True)
+    assert "network.0.0.layer_scale_1" in written and written["network.0.0.mlp.fc1.weight"].ndim == 4
+    assert "network.1.proj.weight" in written and "patch_embed.proj.weight" in written
+    ref = timm.create_model("poolformer_s12").eval()
+    ref.load_state_dict(checkpoint_filter_fn(written, ref))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert (ref(x) - ours(x)).abs().max().item() <= 1e-4
+
+
+def test_official_layout_is_refused_for_models_without_one(tmp_path):
+    with pytest.raises(ConvformerError, match="MetaFormer models only"):
+        convformer.save_weights(convformer.create_model("cfsr_x2"), tmp_path / "x.pth", layout="official")
+    assert not list(tmp_path.iterdir())

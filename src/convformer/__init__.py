@@ -11,7 +11,9 @@ Public API::
 from .errors import ConvformerError
 from .optimize import optimize
 from .registry import create_model, list_models, model_card
+from .timm_bridge import register_with_timm
 from .weights import load_weights, save_weights
 
 __version__ = "0.1.0"
-__all__ = ["ConvformerError", "optimize", "create_model", "list_models", "model_card", "load_weights", "save_weights"]
+__all__ = ["ConvformerError", "optimize", "create_model", "list_models", "model_card", "load_weights", "save_weights",
+           "register_with_timm"]

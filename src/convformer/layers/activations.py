@@ -57,9 +57,10 @@ class StarReLUFunction(torch.autograd.Function):
 
 def star_relu(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """StarReLU; the fused autograd form whenever a gradient is needed, the plain form otherwise."""
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or bias.requires_grad)
-    if needs_grad and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
-        return StarReLUFunction.apply(x, scale, bias)
+    if not torch.jit.is_scripting():  # TorchScript cannot compile custom autograd functions
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or bias.requires_grad)
+        if needs_grad and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
+            return StarReLUFunction.apply(x, scale, bias)
     return scale * torch.square(F.relu(x)) + bias
 
 

@@ -23,8 +23,9 @@ def normalize_hwc(x: torch.Tensor, eps: float) -> torch.Tensor:
 
     During ONNX export the same statistics are computed by group_norm with one group on the NCHW
     view, because the legacy exporter cannot take a normalised shape read from the input's shape."""
-    if torch.onnx.is_in_onnx_export():
-        return F.group_norm(x.permute(0, 3, 1, 2), 1, eps=eps).permute(0, 2, 3, 1)
+    if not torch.jit.is_scripting():  # TorchScript cannot compile the ONNX-export query
+        if torch.onnx.is_in_onnx_export():
+            return F.group_norm(x.permute(0, 3, 1, 2), 1, eps=eps).permute(0, 2, 3, 1)
     return F.layer_norm(x, x.shape[-3:], eps=eps)
 
 

@@ -24,7 +24,7 @@ class AttentionMixer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w = x.shape[0], x.shape[1], x.shape[2]
         qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
+        q, k, v = qkv[0], qkv[1], qkv[2]
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         y = y.transpose(1, 2).reshape(b, h, w, self.num_heads * self.head_dim)
         return self.proj_drop(self.proj(y))

@@ -8,11 +8,10 @@ Inside the stages activations are channels-last (B, H, W, C) so every norm and M
 last-dimension op; public outputs (``forward_features``, feature maps) are (B, C, H, W) like timm.
 Module names match timm's, so timm checkpoints load by reshaping 1x1-conv weights only.
 """
-from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.fx
@@ -92,8 +91,13 @@ class MetaFormerBlock(nn.Module):
         self.res_scale2 = scale(res_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _residual(x, self.drop_path1(self.token_mixer(self.norm1(x))), self.res_scale1, self.layer_scale1)
-        return _residual(x, self.drop_path2(self.mlp(self.norm2(x))), self.res_scale2, self.layer_scale2)
+        y = self.drop_path1(self.token_mixer(self.norm1(x)))
+        if torch.jit.is_scripting():  # TorchScript cannot look inside the scale modules
+            x = self.res_scale1(x) + self.layer_scale1(y)
+            return self.res_scale2(x) + self.layer_scale2(self.drop_path2(self.mlp(self.norm2(x))))
+        else:
+            x = _residual(x, y, self.res_scale1, self.layer_scale1)
+            return _residual(x, self.drop_path2(self.mlp(self.norm2(x))), self.res_scale2, self.layer_scale2)
 
 
 def _residual(x: torch.Tensor, y: torch.Tensor, res_scale: nn.Module, layer_scale: nn.Module) -> torch.Tensor:
@@ -114,10 +118,11 @@ class MetaFormerStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            for block in self.blocks:
-                x = checkpoint(block, x, use_reentrant=False)
-            return x
+        if not torch.jit.is_scripting():
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                for block in self.blocks:
+                    x = checkpoint(block, x, use_reentrant=False)
+                return x
         return self.blocks(x)
 
 
@@ -137,20 +142,22 @@ class MlpHead(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """Global pooling -> LayerNorm (with bias) -> dropout -> classifier (Linear, MlpHead or nothing)."""
+    """Global pooling -> LayerNorm (with bias) -> dropout -> classifier (Linear, MlpHead or nothing).
 
-    def __init__(self, cfg: MetaFormerConfig, num_classes: int, global_pool: str):
+    ``norm=False`` leaves the norm out: the pass-through head of a model pruned to its early stages."""
+
+    def __init__(self, dim: int, num_classes: int, global_pool: str, kind: str = "linear",
+                 mlp_norm_eps: float = 1e-5, drop: float = 0.0, norm: bool = True):
         super().__init__()
-        dim = cfg.dims[-1]
         if global_pool not in ("avg", "max", ""):
             raise ConvformerError(f"global_pool must be 'avg', 'max' or '' (none), got {global_pool!r}")
         self.global_pool = global_pool
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.drop = nn.Dropout(cfg.drop_rate)
+        self.norm = nn.LayerNorm(dim, eps=1e-6) if norm else nn.Identity()
+        self.drop = nn.Dropout(drop)
         if num_classes <= 0:
             self.fc = nn.Identity()
-        elif cfg.head == "mlp":
-            self.fc = MlpHead(dim, num_classes, cfg.head_norm_eps)
+        elif kind == "mlp":
+            self.fc = MlpHead(dim, num_classes, mlp_norm_eps)
         else:
             self.fc = nn.Linear(dim, num_classes)
 
@@ -167,24 +174,45 @@ class ClassifierHead(nn.Module):
         return x if pre_logits else self.fc(x)
 
 
+def take_indices(num_stages: int, indices: Optional[Union[int, Sequence[int]]]) -> Tuple[List[int], int]:
+    """timm's convention for choosing stages: None = all, an int n = the last n, a sequence = those
+    (negative counts from the end). Returns (sorted absolute indices, the largest)."""
+    if indices is None:
+        indices = num_stages
+    if isinstance(indices, int):
+        if not 0 < indices <= num_stages:
+            raise ConvformerError(f"cannot take the last {indices} stages of {num_stages}")
+        chosen = list(range(num_stages - indices, num_stages))
+    else:
+        chosen = []
+        for i in indices:
+            if not -num_stages <= i < num_stages:
+                raise ConvformerError(f"stage index {i} out of range: the model has stages 0..{num_stages - 1}")
+            chosen.append(i % num_stages)
+        if not chosen:
+            raise ConvformerError("indices is empty: name at least one stage")
+        chosen = sorted(set(chosen))
+    return chosen, chosen[-1]
+
+
 class MetaFormer(nn.Module):
     """The four-stage MetaFormer with the timm model API (see module docstring)."""
 
-    def __init__(self, cfg: MetaFormerConfig, features_only: bool = False,
-                 out_indices: Sequence[int] = (0, 1, 2, 3)):
+    __jit_unused_properties__ = ["pretrained_cfg", "default_cfg"]  # Python-only: TorchScript skips them
+
+    def __init__(self, cfg: MetaFormerConfig, out_indices: Sequence[int] = (0, 1, 2, 3)):
         super().__init__()
         self.cfg = cfg
         self.in_chans = cfg.in_chans
         self.num_classes = cfg.num_classes
         self.num_features = self.head_hidden_size = cfg.dims[-1]
-        self.features_only = features_only
         norm_cls = ChannelLayerNorm if cfg.norm == "channel" else SpatialChannelNorm
         norm = partial(norm_cls, eps=cfg.norm_eps, bias=cfg.norm_bias)
         act = StarReLU if cfg.mlp_act == "starrelu" else nn.GELU
         down_norm = partial(ChannelLayerNorm, eps=1e-6) if cfg.down_norm else None
 
         self.stem = Stem(cfg.in_chans, cfg.dims[0], norm=down_norm)
-        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths), device="cpu").tolist()
         stages, info, prev = [], FeatureInfo(), cfg.dims[0]
         for i, (depth, dim, mixer_name) in enumerate(zip(cfg.depths, cfg.dims, cfg.mixers)):
             stride = 2 ** (i + 2)
@@ -197,45 +225,76 @@ class MetaFormer(nn.Module):
                       for _ in range(depth)]
             downsample = nn.Identity() if i == 0 else Downsample(prev, dim, norm=down_norm)
             stages.append(MetaFormerStage(downsample, blocks))
-            info.append(dict(num_chs=dim, reduction=stride, module=f"stages.{i}"))
+            info.append(dict(num_chs=dim, reduction=stride, module=f"stages.{i}", stage=i))
             prev = dim
         self.stages = nn.Sequential(*stages)
-        self.out_indices = tuple(out_indices)
-        if features_only:
-            bad = [i for i in self.out_indices if not 0 <= i < len(stages)]
-            if bad:
-                raise ConvformerError(f"out_indices {bad} out of range: the model has stages 0..{len(stages) - 1}")
-            self.feature_info = FeatureInfo(info[i] for i in self.out_indices)
-            self.head = None
-        else:
-            self.feature_info = info
-            self.head = ClassifierHead(cfg, cfg.num_classes, cfg.global_pool)
+        self.feature_info = info
+        self.out_indices: List[int] = take_indices(len(stages), list(out_indices))[0]
+        self.head = self._new_head(cfg.num_classes, cfg.global_pool)
         self.apply(_init_weights)
+
+    def _new_head(self, num_classes: int, global_pool: str, norm: bool = True) -> ClassifierHead:
+        return ClassifierHead(self.num_features, num_classes, global_pool, self.cfg.head, self.cfg.head_norm_eps,
+                              self.cfg.drop_rate, norm)
 
     # -- timm-compatible API -------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, in_chans, H, W) -> unpooled last-stage map (B, C, H/32, W/32)."""
-        _check_input(x, self.in_chans)
+        if not torch.jit.is_scripting():
+            _check_input(x, self.in_chans)
         return self.stages(self.stem(x)).permute(0, 3, 1, 2)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
 
-    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps (B, C, H, W) of the stages in ``out_indices``."""
-        _check_input(x, self.in_chans)
-        x = self.stem(x)
-        feats = []
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
-            if i in self.out_indices:
-                feats.append(x.permute(0, 3, 1, 2))
-        return feats
-
-    def forward(self, x: torch.Tensor):
-        if self.features_only:
-            return self.forward_intermediates(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    @torch.jit.ignore
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, Sequence[int]]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """Stage outputs, with timm's signature and meaning.
+
+        indices: None = every stage, n = the last n, a sequence = those stages. stop_early: skip the
+        stages after the last one taken (the final output is then that stage's map). output_fmt: "NCHW"
+        (timm's) or "NHWC" (our internal layout, no permute). norm is accepted for compatibility: a
+        MetaFormer has no norm between its last stage and the pooling, so there is nothing to apply.
+        Returns the list of maps if ``intermediates_only``, else (final map, list of maps); the final
+        map equals ``forward_features(x)`` unless ``stop_early`` cut the network short.
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ConvformerError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        _check_input(x, self.in_chans)
+        chosen, last = take_indices(len(self.stages), indices)
+        stages = self.stages[:last + 1] if stop_early else self.stages
+        fmt = (lambda t: t.permute(0, 3, 1, 2)) if output_fmt == "NCHW" else (lambda t: t)
+        x = self.stem(x)
+        maps = []
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in chosen:
+                maps.append(fmt(x))
+        return maps if intermediates_only else (fmt(x), maps)
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop the stages after the last of ``indices`` (and the classifier), for feature extraction.
+
+        Returns the absolute stage indices, as timm does. If stages were dropped the head becomes a
+        pass-through (its norm belonged to the last stage's width)."""
+        chosen, last = take_indices(len(self.stages), indices)
+        cut = last < len(self.stages) - 1
+        self.stages = self.stages[:last + 1]
+        self.feature_info = FeatureInfo(self.feature_info[:last + 1])
+        self.out_indices = [i for i in self.out_indices if i <= last] or [last]
+        if cut:
+            self.num_features = self.head_hidden_size = self.feature_info[last]["num_chs"]
+        if prune_head or cut:
+            self.head = self._new_head(0, "", norm=not cut).to(self.stem.conv.weight.device)
+            self.num_classes = 0
+        return chosen
 
     def get_classifier(self) -> nn.Module:
         return self.head.fc
@@ -244,30 +303,74 @@ class MetaFormer(nn.Module):
         """Replace the classifier (num_classes=0 removes it); global_pool '' returns unpooled maps."""
         pool = self.head.global_pool if global_pool is None else global_pool
         old = self.head
-        self.head = ClassifierHead(self.cfg, num_classes, pool)
+        self.head = self._new_head(num_classes, pool, norm=isinstance(old.norm, nn.LayerNorm))
         self.head.norm.load_state_dict(old.norm.state_dict())
         self.head.fc.apply(_init_weights)
         self.head.train(old.training)
-        self.head.to(old.norm.weight.device, old.norm.weight.dtype)
+        self.head.to(self.stem.conv.weight.device, self.stem.conv.weight.dtype)
         self.num_classes = num_classes
 
+    @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.stages:
             stage.grad_checkpointing = enable
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for layer-wise learning-rate decay (timm's ``param_groups_layer_decay``)."""
+        return dict(stem=r"^stem", blocks=[(r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                                           (r"^stages\.(\d+)\.downsample", (0,)), (r"^head\.norm", (99999,))])
+
     @property
     def pretrained_cfg(self) -> dict:
+        """timm's pretrained_cfg: the keys timm's data helpers (``resolve_data_config``), tests and
+        factories read, filled from the model card."""
         card = getattr(self, "model_card", None)
         pre = card.preprocessing if card else {}
         size = self.cfg.img_size
-        return dict(input_size=(self.in_chans, size, size), num_classes=self.num_classes,
+        classifier = "head.fc.fc2" if self.cfg.head == "mlp" else "head.fc"
+        return dict(architecture=card.name if card else None, tag=None, url="", hf_hub_id=None,
+                    num_classes=self.num_classes, input_size=(self.in_chans, size, size), fixed_input_size=False,
+                    min_input_size=(self.in_chans, 32, 32), pool_size=(size // 32, size // 32),
                     interpolation=pre.get("interpolation", "bicubic"), crop_pct=pre.get("crop_pct", 1.0),
-                    mean=tuple(pre.get("mean", ())), std=tuple(pre.get("std", ())),
-                    first_conv="stem.conv", classifier="head.fc")
+                    crop_mode="center", mean=tuple(pre.get("mean", (0.485, 0.456, 0.406))),
+                    std=tuple(pre.get("std", (0.229, 0.224, 0.225))), first_conv="stem.conv",
+                    classifier=classifier, license="apache-2.0")
+
+    @property
+    def default_cfg(self) -> dict:
+        """The older name of ``pretrained_cfg`` (timm keeps both)."""
+        return self.pretrained_cfg
 
     def no_weight_decay_keys(self) -> set[str]:
         """Parameter names that should get no weight decay: norms, biases, scales, StarReLU scalars."""
         return {n for n, p in self.named_parameters() if p.ndim <= 1}
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """timm's name for ``no_weight_decay_keys`` (read by ``timm.optim.create_optimizer_v2``)."""
+        return self.no_weight_decay_keys()
+
+
+class MetaFormerFeatures(MetaFormer):
+    """``features_only=True``: the stages' maps (B, C, H, W) at ``out_indices`` instead of logits, as in
+    timm; ``feature_info`` describes just those maps. Scriptable and FX-traceable like the classifier."""
+
+    def __init__(self, cfg: MetaFormerConfig, out_indices: Sequence[int] = (0, 1, 2, 3)):
+        super().__init__(replace(cfg, num_classes=0), out_indices)
+        self.feature_info = FeatureInfo(self.feature_info[i] for i in self.out_indices)
+        self.head = None
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        if not torch.jit.is_scripting():
+            _check_input(x, self.in_chans)
+        x = self.stem(x)
+        maps: List[torch.Tensor] = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.out_indices:
+                maps.append(x.permute(0, 3, 1, 2))
+        return maps
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -285,4 +388,5 @@ def build_metaformer(cfg: MetaFormerConfig, **overrides) -> MetaFormer:
     if unknown:
         raise ConvformerError(f"unknown model option(s) {sorted(unknown)}; valid: "
                               f"{sorted(MetaFormerConfig.__dataclass_fields__)}")
-    return MetaFormer(replace(cfg, **overrides), features_only=features_only, out_indices=out_indices)
+    cls = MetaFormerFeatures if features_only else MetaFormer
+    return cls(replace(cfg, **overrides), out_indices=out_indices)

@@ -4,14 +4,16 @@ from __future__ import annotations
 import json
 import os
 
+import torch
 from torch import nn
 
 from ..errors import ConvformerError
-from .convert import drop_classifier, match_shapes, to_our_names, to_timm
+from ..fileio import atomic_write
+from .convert import drop_classifier, match_shapes, to_official, to_our_names, to_timm
 from .hub import resolve_pretrained
 from .io import read_state_dict, save_state_dict
 
-__all__ = ["save_weights", "load_weights", "load_pretrained", "to_timm", "read_state_dict",
+__all__ = ["save_weights", "load_weights", "load_pretrained", "to_timm", "to_official", "read_state_dict",
            "save_state_dict"]
 
 
@@ -30,13 +32,25 @@ def model_metadata(model: nn.Module) -> dict:
 
 def save_weights(model: nn.Module, path: str | os.PathLike, layout: str = "convformer",
                  metadata: dict | None = None):
-    """Save weights as safetensors (atomically). ``layout="timm"`` writes a file timm's model loads."""
+    """Save weights atomically. ``layout``: "convformer" (ours), "timm" (timm's model loads the file) or
+    "official" (the authors' repository loads it; MetaFormer models only).
+
+    The file is safetensors unless ``path`` ends in .pth/.pt, which writes a plain state dict with
+    ``torch.save`` (tensors only, so ``torch.load(weights_only=True)`` reads it), for code that only
+    reads those, such as the official repositories' scripts."""
     if layout == "timm":
         state = to_timm(model)
+    elif layout == "official":
+        if not hasattr(model, "cfg") or not hasattr(model.cfg, "down_norm"):
+            raise ConvformerError("layout='official' is defined for the MetaFormer models only")
+        state = to_official(model)
     elif layout == "convformer":
         state = model.state_dict()
     else:
-        raise ConvformerError(f"unknown layout {layout!r}: use 'convformer' or 'timm'")
+        raise ConvformerError(f"unknown layout {layout!r}: use 'convformer', 'timm' or 'official'")
+    if str(path).endswith((".pth", ".pt")):
+        tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+        return atomic_write(path, lambda tmp: torch.save(tensors, tmp))
     meta = {**model_metadata(model), "layout": layout, **(metadata or {})}
     return save_state_dict(state, path, meta)
 

@@ -103,6 +103,45 @@ def to_timm(model: nn.Module) -> dict:
     return out
 
 
+# Our names -> sail-sg/metaformer's, the inverse of OFFICIAL_RULES (also first match wins).
+TO_OFFICIAL_RULES = [
+    (r"^stem\.conv\.", "downsample_layers.0.conv."),
+    (r"^stem\.norm\.", "downsample_layers.0.post_norm."),
+    (r"^stages\.(\d+)\.downsample\.norm\.", r"downsample_layers.\1.pre_norm."),
+    (r"^stages\.(\d+)\.downsample\.conv\.", r"downsample_layers.\1.conv."),
+    (r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2."),
+    (r"^head\.norm\.", "norm."),
+    (r"^head\.fc\.", "head."),
+]
+
+
+def _to_v1_key(key: str) -> str:
+    """Our name -> sail-sg/poolformer's (the inverse of ``_v1_key``)."""
+    m = re.match(r"^stages\.(\d+)\.downsample\.conv\.(.*)$", key)
+    if m:
+        return f"network.{2 * int(m.group(1)) - 1}.proj.{m.group(2)}"
+    m = re.match(r"^stages\.(\d+)\.blocks\.(\d+)\.layer_scale(\d)\.scale$", key)
+    if m:
+        return f"network.{2 * int(m.group(1))}.{m.group(2)}.layer_scale_{m.group(3)}"
+    m = re.match(r"^stages\.(\d+)\.blocks\.(\d+)\.(.*)$", key)
+    if m:
+        return f"network.{2 * int(m.group(1))}.{m.group(2)}.{m.group(3)}"
+    return apply_rules([(r"^stem\.conv\.", "patch_embed.proj."), (r"^head\.norm\.", "norm."),
+                        (r"^head\.fc\.", "head.")], key)
+
+
+def to_official(model: nn.Module) -> dict:
+    """Our MetaFormer's state dict in the authors' layout, loadable by their code: sail-sg/metaformer
+    for the baselines (pointwise layers are nn.Linear there too, so only names change) and
+    sail-sg/poolformer for the original PoolFormer (recognised by its norm-free downsampling), whose MLP
+    layers are 1x1 convolutions."""
+    state = model.state_dict()
+    if not model.cfg.down_norm:
+        return {_to_v1_key(k): (v.reshape(*v.shape, 1, 1) if re.search(r"\.mlp\.fc[12]\.weight$", k) else v).clone()
+                for k, v in state.items()}
+    return {apply_rules(TO_OFFICIAL_RULES, k): v.clone() for k, v in state.items()}
+
+
 def drop_classifier(state_dict: dict, model_state: dict) -> tuple[dict, set]:
     """Remove final-classifier tensors whose shape does not fit the model (fine-tuning to new classes).
     Returns the remaining state and the model keys left at their fresh initialisation."""
