@@ -189,3 +189,19 @@ def test_official_layout_is_refused_for_models_without_one(tmp_path):
     with pytest.raises(ConvformerError, match="MetaFormer models only"):
         convformer.save_weights(convformer.create_model("cfsr_x2"), tmp_path / "x.pth", layout="official")
     assert not list(tmp_path.iterdir())
+
+
+def test_pretrained_weights_fit_another_number_of_input_channels(tmp_path):
+    """timm's test_model_load_pretrained builds with in_chans=1, num_classes=5 from RGB weights."""
+    torch.manual_seed(0)
+    rgb = convformer.create_model("convformer_s18", num_classes=1000).eval()
+    path = convformer.save_weights(rgb, tmp_path / "rgb.safetensors")
+    grey = convformer.create_model("convformer_s18", pretrained=str(path), in_chans=1, num_classes=5).eval()
+    rgb.reset_classifier(0)
+    grey.reset_classifier(0)
+    image = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(grey(image), rgb(image.expand(-1, 3, -1, -1)), atol=1e-4, rtol=1e-4)
+    four = convformer.create_model("convformer_s18", pretrained=str(path), in_chans=4, num_classes=5)
+    assert four.stem.conv.weight.shape[1] == 4
+    assert torch.allclose(four.stem.conv.weight[:, 3], rgb.stem.conv.weight[:, 0] * 0.75)

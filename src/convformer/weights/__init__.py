@@ -9,7 +9,7 @@ from torch import nn
 
 from ..errors import ConvformerError
 from ..fileio import atomic_write
-from .convert import drop_classifier, match_shapes, to_official, to_our_names, to_timm
+from .convert import adapt_first_conv, drop_classifier, match_shapes, to_official, to_our_names, to_timm
 from .hub import resolve_pretrained
 from .io import read_state_dict, save_state_dict
 
@@ -59,7 +59,8 @@ def load_weights(model: nn.Module, source, strict: bool = True, new_classifier_o
     """Load a weight file or state dict in our, timm's or the official layout into ``model``.
 
     Returns the detected layout. Any missing, unexpected or mis-shaped key raises ConvformerError
-    listing them; ``new_classifier_ok`` lets a classifier of another size be skipped (fine-tuning).
+    listing them; ``new_classifier_ok`` (fine-tuning) lets a classifier of another size be skipped and
+    adapts the first convolution to a model with another number of input channels (as timm does).
     """
     where = str(source) if not isinstance(source, dict) else "state dict"
     if isinstance(source, dict):
@@ -77,6 +78,7 @@ def load_weights(model: nn.Module, source, strict: bool = True, new_classifier_o
     fresh = set()
     if new_classifier_ok:
         state, fresh = drop_classifier(state, own)
+        state = adapt_first_conv(state, own, getattr(model, "pretrained_cfg", {}).get("first_conv"))
     _check_keys(state, {k: v for k, v in own.items() if k not in fresh}, where, meta, model, strict)
     model.load_state_dict(state, strict=False)
     return layout

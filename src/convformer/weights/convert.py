@@ -7,6 +7,7 @@ sail-sg/metaformer layout differs in names only; the original sail-sg/poolformer
 """
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -153,6 +154,26 @@ def drop_classifier(state_dict: dict, model_state: dict) -> tuple[dict, set]:
             continue
         out[key] = value
     return out, dropped
+
+
+def adapt_first_conv(state_dict: dict, model_state: dict, first_conv: str | None) -> dict:
+    """Fit pretrained RGB stem weights to a model with another number of input channels.
+
+    One channel (greyscale): the RGB filters summed, so a grey image gives what the RGB model gives
+    for that image replicated to three channels. More channels: the RGB filters repeated cyclically and
+    scaled by 3/in_chans, which keeps the activations' scale. The same rule timm applies."""
+    key = f"{first_conv}.weight" if first_conv else None
+    if key not in state_dict or key not in model_state:
+        return state_dict
+    weight, want = state_dict[key], model_state[key].shape[1]
+    have = weight.shape[1]
+    if have == want or weight.ndim != 4 or have != 3:
+        return state_dict
+    if want == 1:
+        adapted = weight.sum(dim=1, keepdim=True)
+    else:
+        adapted = weight.repeat(1, math.ceil(want / 3), 1, 1)[:, :want] * (3 / want)
+    return {**state_dict, key: adapted}
 
 
 def numel(state_dict: dict) -> int:
