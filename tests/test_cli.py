@@ -139,13 +139,7 @@ def test_console_script_exit_code_and_debug(tmp_path):
 
 def test_image_folder_training_and_class_mismatch(tmp_path, capsys):
     torch.manual_seed(0)
-    for split in ("train", "val"):
-        for cls, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
-            folder = tmp_path / "data" / split / cls
-            folder.mkdir(parents=True)
-            for i in range(4):
-                noise = (torch.rand(40, 40, 3) * 30).byte().numpy()
-                Image.fromarray((noise + torch.tensor(colour).byte().numpy()).clip(0, 255)).save(folder / f"{i}.png")
+    _colour_folders(tmp_path / "data")
     code = main(["train", "--data", str(tmp_path / "data"), "--model", "convformer_nano", "--img-size", "32",
                  "--epochs", "1", "--batch-size", "4", "--output", str(tmp_path / "runs"), "--name", "f", "--quiet"])
     assert code == 0
