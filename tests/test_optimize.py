@@ -119,3 +119,22 @@ def test_compile_wraps_the_folded_model():
     fast = convformer.optimize(convformer.create_model("convformer_nano"), compile=True)
     inner = fast._orig_mod
     assert all(isinstance(b, FoldedBlock) for s in inner.stages for b in s.blocks)
+
+
+def test_output_agreement_reports_top1_and_logit_gap():
+    from convformer.optimize import output_agreement
+    torch.manual_seed(0)
+    model = convformer.create_model("convformer_nano").eval()
+    images = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    same = output_agreement(model, convformer.optimize(model), [(images, labels)])
+    assert same["count"] == 4 and same["top1_agreement"] == 1.0 and same["reference_top1"] == 100.0
+    assert same["max_abs_logit_diff"] <= 1e-4
+
+    class Shifted(torch.nn.Module):  # moves every image's top class: agreement must drop to 0
+        def forward(self, x):
+            out = model(x)
+            return out - 100 * torch.nn.functional.one_hot(out.argmax(1), out.shape[1])
+    other = output_agreement(model, Shifted(), [images])
+    assert other["top1_agreement"] == 0.0 and other["max_abs_logit_diff"] >= 99 and "reference_top1" not in other

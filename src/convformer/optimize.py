@@ -74,6 +74,31 @@ def optimize(model: nn.Module, dtype: str | torch.dtype | None = None, compile: 
     return fast
 
 
+@torch.no_grad()
+def output_agreement(reference: nn.Module, candidate: nn.Module, batches) -> dict:
+    """How far ``candidate`` (e.g. ``optimize(model, dtype="int8")``) strays from ``reference`` on real
+    data: ``batches`` yields images or (images, labels). Returns the share of images whose top-1 class
+    agrees, the largest absolute logit difference and, with labels, both models' top-1 accuracy (%)."""
+    reference.eval()
+    candidate.eval()
+    count = agree = ref_hits = cand_hits = 0
+    labelled, max_diff = False, 0.0
+    for batch in batches:
+        images, labels = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+        ref, out = reference(images).float(), candidate(images).float()
+        max_diff = max(max_diff, (ref - out).abs().max().item())
+        agree += int((ref.argmax(1) == out.argmax(1)).sum())
+        count += len(images)
+        if labels is not None:
+            labelled = True
+            ref_hits += int((ref.argmax(1) == labels).sum())
+            cand_hits += int((out.argmax(1) == labels).sum())
+    result = {"count": count, "top1_agreement": agree / max(count, 1), "max_abs_logit_diff": max_diff}
+    if labelled:
+        result.update(reference_top1=100.0 * ref_hits / count, candidate_top1=100.0 * cand_hits / count)
+    return result
+
+
 def optimize_for_export(model: nn.Module) -> nn.Module:
     """The fastest form that exports to ONNX: MetaFormers folded; CFSR merged (its striped fast path is
     eager-only Python, which a graph export would unroll for one image size)."""

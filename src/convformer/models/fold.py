@@ -81,6 +81,18 @@ def _residual_into(out: torch.Tensor, branch_in: torch.Tensor, linear: nn.Module
         out.add_(linear.bias)
 
 
+def _residual_add_(skip: torch.Tensor, branch_in: torch.Tensor, linear: nn.Module, res_scale) -> None:
+    """skip = skip * res_scale + linear(branch_in), in place."""
+    if res_scale is not None:
+        skip.mul_(res_scale)
+    if not isinstance(linear, nn.Linear):
+        skip.add_(linear(branch_in))
+        return
+    skip.addmm_(branch_in, linear.weight.t())
+    if linear.bias is not None:
+        skip.add_(linear.bias)
+
+
 def _linear_into(out: torch.Tensor, x: torch.Tensor, linear: nn.Module) -> None:
     """out = linear(x), the float GEMM writing straight into ``out``."""
     if not isinstance(linear, nn.Linear):
@@ -199,15 +211,20 @@ class FoldedBlock(nn.Module):
     def _act_(self, h: torch.Tensor) -> torch.Tensor:
         return _square_relu_(h) if self.act is _relu_squared else self.act(h)
 
-    def _mlp_chunked(self, x: torch.Tensor) -> torch.Tensor:
+    def _mlp_chunked(self, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        """``in_place``: x is this block's own intermediate, so the residual sum may overwrite it
+        (each chunk reads its rows before writing them): no output allocation, no copy of the skip."""
         c = x.shape[-1]
-        rows, out = x.reshape(-1, c), torch.empty_like(x)
+        rows, out = x.reshape(-1, c), x if in_place else torch.empty_like(x)
         flat = out.view(-1, c)
         step = chunk_rows(self.fc1.out_features)
         for i in range(0, rows.shape[0], step):
             xi = rows[i:i + step]
             h = self._act_(self.fc1(_layer_norm_rows(xi, self.norm2.eps)))
-            _residual_into(flat[i:i + step], h, self.fc2, xi, self.res_scale2)
+            if in_place:
+                _residual_add_(xi, h, self.fc2, self.res_scale2)
+            else:
+                _residual_into(flat[i:i + step], h, self.fc2, xi, self.res_scale2)
         return out
 
     def _sepconv_chunked(self, x: torch.Tensor) -> torch.Tensor:
@@ -233,7 +250,8 @@ class FoldedBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _eager_inference(x):
             x = self._sepconv_chunked(x) if self.chunk_mixer else self._mixer_half(x)
-            return self._mlp_chunked(x) if self.chunk_mlp else self._mlp_half(x)
+            # both mixer halves return a fresh tensor, so the MLP half may accumulate into it
+            return self._mlp_chunked(x, in_place=True) if self.chunk_mlp else self._mlp_half(x)
         return self._mlp_half(self._mixer_half(x))
 
     def _mixer_half(self, x: torch.Tensor) -> torch.Tensor:
