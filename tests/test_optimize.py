@@ -72,3 +72,69 @@ def test_folded_model_still_differentiable_against_input():
     x2 = x.detach().clone().requires_grad_(True)
     model(x2).sum().backward()
     assert torch.allclose(x.grad, x2.grad, atol=1e-4, rtol=1e-3)
+
+
+def test_chunk_layer_norm_matches_torch_layer_norm():
+    """The chunked path's LayerNorm (row sum, norm, scale) must equal F.layer_norm, also on rows whose
+    mean is far above their spread (where a one-pass E[x^2] - mean^2 variance would lose digits)."""
+    from convformer.models.fold import _layer_norm_rows
+    torch.manual_seed(0)
+    x = torch.randn(300, 96) * 0.5 + 20 * torch.randn(300, 1)
+    ref = torch.nn.functional.layer_norm(x.double(), (96,), eps=1e-6)
+    assert (_layer_norm_rows(x, 1e-6).double() - ref).abs().max().item() <= 1e-4
+    small = torch.randn(50, 64) * 1e-4  # eps must enter like layer_norm's
+    assert torch.allclose(_layer_norm_rows(small, 1e-6), torch.nn.functional.layer_norm(small, (64,), eps=1e-6),
+                          atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["convformer_s18", "caformer_s18"])
+def test_int8_quantizes_the_stage_linears_and_stays_close(name, monkeypatch):
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantLinear
+    from convformer.models import fold
+    monkeypatch.setattr(fold, "CHUNK_BYTES", 4 * 512 * 50)  # the chunked path with quantized layers too
+    torch.manual_seed(0)
+    model = perturb(convformer.create_model(name, **small_kwargs(name, 64))).eval()
+    q = convformer.optimize(model, dtype="int8")
+    stage_linears = [m for m in q.stages.modules() if isinstance(m, (torch.nn.Linear, DynamicQuantLinear))]
+    assert stage_linears and all(isinstance(m, DynamicQuantLinear) for m in stage_linears)
+    assert all(type(m) is torch.nn.Linear for m in q.head.modules() if isinstance(m, torch.nn.Linear))  # float head
+    assert all(type(m) is torch.nn.Linear for m in model.modules() if isinstance(m, torch.nn.Linear))  # original untouched
+    x = torch.randn(3, 3, 64, 64)
+    with torch.inference_mode():
+        ref, out, fp32 = model(x), q(x), convformer.optimize(model)(x)
+    assert out.dtype == torch.float32
+    assert (out - fp32).abs().max().item() > 1e-6  # really quantized, not the float path
+    assert torch.nn.functional.cosine_similarity(ref.flatten(), out.flatten(), dim=0) > 0.99
+    assert (ref - out).abs().max().item() <= 0.1 * ref.abs().max().item()
+
+
+def test_int8_is_rejected_where_it_is_not_implemented():
+    model = convformer.create_model("convformer_nano")
+    with pytest.raises(convformer.ConvformerError, match="int8"):
+        convformer.optimize(model, dtype="int8", compile=True)
+
+
+def test_compile_wraps_the_folded_model():
+    """compile=True must compile the folded blocks (not the plain ones): checked without compiling."""
+    fast = convformer.optimize(convformer.create_model("convformer_nano"), compile=True)
+    inner = fast._orig_mod
+    assert all(isinstance(b, FoldedBlock) for s in inner.stages for b in s.blocks)
+
+
+def test_output_agreement_reports_top1_and_logit_gap():
+    from convformer.optimize import output_agreement
+    torch.manual_seed(0)
+    model = convformer.create_model("convformer_nano").eval()
+    images = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    same = output_agreement(model, convformer.optimize(model), [(images, labels)])
+    assert same["count"] == 4 and same["top1_agreement"] == 1.0 and same["reference_top1"] == 100.0
+    assert same["max_abs_logit_diff"] <= 1e-4
+
+    class Shifted(torch.nn.Module):  # moves every image's top class: agreement must drop to 0
+        def forward(self, x):
+            out = model(x)
+            return out - 100 * torch.nn.functional.one_hot(out.argmax(1), out.shape[1])
+    other = output_agreement(model, Shifted(), [images])
+    assert other["top1_agreement"] == 0.0 and other["max_abs_logit_diff"] >= 99 and "reference_top1" not in other

@@ -4,8 +4,10 @@ For MetaFormer models it folds every per-channel affine op into its neighbouring
 ``models/fold.py``); for the pose lifters it computes the dynamic convolutional attention's fused
 Q/K/V kernels once (instead of in every forward); for CFSR it returns the folded, stripe-by-stripe network of ``models/cfsr_fast.py``
 (``compile=True`` compiles the plain merged network instead). It optionally casts the weights to
-bfloat16 (inputs are cast on the way in, outputs back to float32 on the way out) and optionally wraps
-the result in ``torch.compile``. The returned model is a copy in eval mode; the original is untouched.
+bfloat16 (inputs are cast on the way in, outputs back to float32 on the way out), or, for MetaFormers,
+quantizes the Linear layers of the stages to int8 (dynamic: weights int8 per channel, activations
+quantized on the fly), and optionally wraps the result in ``torch.compile`` (of the folded model; with
+inductor's weight freezing, so the folded weights are constants it can pre-pack). The returned model is a copy in eval mode; the original is untouched.
 """
 from __future__ import annotations
 
@@ -17,11 +19,12 @@ from torch import nn
 from .errors import ConvformerError
 from .models.cfsr import CFSR
 from .models.cfsr_fast import FastCFSR
-from .models.fold import fold_metaformer
+from .models.fold import fold_metaformer, quantize_linears_int8
 from .models.metaformer import MetaFormer
 from .models.pose import PoseLifter
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "int8": torch.qint8}
 
 
 def _cast_input(module, args):
@@ -40,12 +43,17 @@ def optimize(model: nn.Module, dtype: str | torch.dtype | None = None, compile: 
     """Return an inference-optimised copy of ``model``.
 
     dtype: None/"fp32" keeps float32; "bf16" runs in bfloat16 (fast on CPUs with AVX-512-BF16/AMX and
-    on recent GPUs), with float32 inputs and outputs. compile: wrap in ``torch.compile``.
+    on recent GPUs), with float32 inputs and outputs; "int8" (MetaFormers, CPU, eager only) quantizes
+    the stages' Linear layers dynamically; it changes the logits slightly, so check accuracy with
+    ``output_agreement`` or ``engine.evaluate`` on real data first. compile: wrap in ``torch.compile``.
     """
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ConvformerError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         dtype = DTYPES[dtype]
+    if dtype == torch.qint8 and (compile or not fold or not isinstance(model, MetaFormer)):
+        raise ConvformerError("dtype='int8' is implemented for MetaFormer classifiers on the folded eager path "
+                              "(not with compile=True or fold=False)")
     fast = copy.deepcopy(model).eval()
     for p in fast.parameters():
         p.requires_grad_(False)
@@ -55,13 +63,40 @@ def optimize(model: nn.Module, dtype: str | torch.dtype | None = None, compile: 
         fast = fast.merge() if compile or not fold else FastCFSR(fast)
     elif isinstance(fast, PoseLifter):
         fast.fuse()
-    if dtype is not None and dtype != torch.float32:
+    if dtype == torch.qint8:
+        quantize_linears_int8(fast)
+    elif dtype is not None and dtype != torch.float32:
         fast = fast.to(dtype)
         fast.register_forward_pre_hook(_cast_input)
         fast.register_forward_hook(_cast_output)
     if compile:
         fast = torch.compile(fast)
     return fast
+
+
+@torch.no_grad()
+def output_agreement(reference: nn.Module, candidate: nn.Module, batches) -> dict:
+    """How far ``candidate`` (e.g. ``optimize(model, dtype="int8")``) strays from ``reference`` on real
+    data: ``batches`` yields images or (images, labels). Returns the share of images whose top-1 class
+    agrees, the largest absolute logit difference and, with labels, both models' top-1 accuracy (%)."""
+    reference.eval()
+    candidate.eval()
+    count = agree = ref_hits = cand_hits = 0
+    labelled, max_diff = False, 0.0
+    for batch in batches:
+        images, labels = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+        ref, out = reference(images).float(), candidate(images).float()
+        max_diff = max(max_diff, (ref - out).abs().max().item())
+        agree += int((ref.argmax(1) == out.argmax(1)).sum())
+        count += len(images)
+        if labels is not None:
+            labelled = True
+            ref_hits += int((ref.argmax(1) == labels).sum())
+            cand_hits += int((out.argmax(1) == labels).sum())
+    result = {"count": count, "top1_agreement": agree / max(count, 1), "max_abs_logit_diff": max_diff}
+    if labelled:
+        result.update(reference_top1=100.0 * ref_hits / count, candidate_top1=100.0 * cand_hits / count)
+    return result
 
 
 def optimize_for_export(model: nn.Module) -> nn.Module:

@@ -2,7 +2,8 @@
 
 A candidate is a spec string:
   ``NAME``            our model, eager fp32
-  ``NAME@fast``       ``convformer.optimize`` (folded), fp32;  ``NAME@fast-bf16`` in bfloat16
+  ``NAME@fast``       ``convformer.optimize`` (folded), fp32;  ``NAME@fast-bf16`` in bfloat16;
+                      ``NAME@fast-int8`` with int8 dynamic-quantized Linear layers (MetaFormers)
   ``NAME@compile``    folded and ``torch.compile``d
   ``timm:NAME``       timm's model, eager; ``timm:NAME@compile``; ``timm:NAME@bf16`` (autocast)
   ``onnx:NAME``       our model exported to ONNX, run in onnxruntime; ``onnx:timm:NAME`` timm's export;
@@ -111,8 +112,8 @@ def build_candidate(spec: str, img_size, threads: int | None, pretrained: bool =
                 return _m(x)
     elif variant == "compile":
         fn = torch.compile(model) if is_timm else optimize(model, compile=True)
-    elif variant in ("fast", "fast-bf16") and not is_timm:
-        fn = optimize(model, dtype="bf16" if variant == "fast-bf16" else None)
+    elif variant in ("fast", "fast-bf16", "fast-int8") and not is_timm:
+        fn = optimize(model, dtype={"fast": None, "fast-bf16": "bf16", "fast-int8": "int8"}[variant])
     else:
         raise ConvformerError(f"unknown benchmark variant {spec!r} (see `convformer bench --help`)")
     return fn, model, base_name
