@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import convformer
-from convformer.bench.runner import parse_size, run_benchmark
+from convformer.bench.candidates import parse_size
+from convformer.bench.runner import run_benchmark
 from convformer.cli import main
 from convformer.models.cfsr_fast import FastCFSR
 from test_cfsr import SHARED, _perturb_edges, _photo_lr, needs_weights
@@ -126,7 +127,7 @@ def test_bench_runs_cfsr_at_a_non_square_size_with_training(tmp_path):
 
 
 def test_bench_default_size_is_the_cards_and_official_onnx_needs_one():
-    from convformer.bench.runner import default_size
+    from convformer.bench.candidates import default_size
     assert default_size(["cfsr_x4@fast"]) == (180, 320) and default_size(["onnx:cfsr_x2@official"]) == (360, 640)
     assert default_size(["timm:convformer_s18"]) == (224, 224)
     with pytest.raises(convformer.ConvformerError, match="no official ONNX export"):

@@ -21,7 +21,6 @@ import platform
 import random
 import sys
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import fields
 from pathlib import Path

@@ -9,7 +9,7 @@ last-dimension op; public outputs (``forward_features``, feature maps) are (B, C
 Module names match timm's, so timm checkpoints load by reshaping 1x1-conv weights only.
 """
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import List, Optional, Sequence, Tuple, Union
 

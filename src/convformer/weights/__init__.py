@@ -1,7 +1,6 @@
 """Weights: safetensors I/O, layout conversion (ours, timm, official) and pretrained resolution."""
 from __future__ import annotations
 
-import json
 import os
 
 import torch

@@ -1,0 +1,113 @@
+"""Benchmark candidates: what a spec string such as ``convformer_s18@fast`` or ``onnx:timm:caformer_s18``
+builds, and the input it takes.
+A candidate is a spec string:
+  ``NAME``            our model, eager fp32
+  ``NAME@fast``       ``convformer.optimize`` (folded), fp32;  ``NAME@fast-bf16`` in bfloat16;
+                      ``NAME@fast-int8`` with int8 dynamic-quantized Linear layers (MetaFormers)
+  ``NAME@compile``    folded and ``torch.compile``d
+  ``timm:NAME``       timm's model, eager; ``timm:NAME@compile``; ``timm:NAME@bf16`` (autocast)
+  ``onnx:NAME``       our model exported to ONNX, run in onnxruntime; ``onnx:timm:NAME`` timm's export;
+                      ``onnx:NAME@official`` the authors' own ONNX export (CFSR), found like their weights
+
+Inputs are (batch, 3, H, W); the size defaults to the first model card's input size (224x224 for the
+classifiers, the 1280x720-output LR size for the super-resolution models). Pose lifters take
+(batch, T, 17, 2) windows of their receptive field T instead; one "image" in the table is one window.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..errors import ConvformerError
+from ..optimize import optimize, optimize_for_export
+from ..registry import create_model, model_card
+
+
+def _peer_timm(name: str):
+    import timm
+    try:
+        return timm.create_model(name).eval()
+    except RuntimeError as err:
+        raise ConvformerError(f"timm has no model {name!r}") from err
+
+
+def parse_size(size) -> tuple[int, int] | None:
+    """224 / "224" -> (224, 224); "180x320" -> (180, 320) (height x width); None stays None."""
+    if size is None or isinstance(size, tuple):
+        return size
+    if isinstance(size, int):
+        return (size, size)
+    parts = str(size).lower().split("x")
+    try:
+        hw = tuple(int(p) for p in parts)
+    except ValueError:
+        hw = ()
+    if len(hw) not in (1, 2) or min(hw) < 1:
+        raise ConvformerError(f"--img-size takes N or HxW (e.g. 224 or 180x320), got {size!r}")
+    return hw * 2 if len(hw) == 1 else hw
+
+
+def default_size(specs: list[str]) -> tuple[int, int]:
+    """The input size of the first candidate's model card."""
+    name = specs[0].removeprefix("onnx:").partition("@")[0].removeprefix("timm:")
+    try:
+        return tuple(model_card(name).input_size[-2:])
+    except ConvformerError:
+        return (224, 224)
+
+
+def sample_shape(model, hw) -> tuple:
+    """One input sample's shape: (T, J, 2) for a pose lifter (its receptive field), else (3, H, W)."""
+    card = getattr(model, "model_card", None)
+    if card is not None and card.task == "pose":
+        return tuple(card.input_size)
+    if card is not None and card.task == "speech":
+        raise ConvformerError(f"{card.name} is a speech model; measure it with benchmarks/asr_stream_speed.py")
+    return (3, *hw)
+
+
+def _onnx_runner(session):
+    input_name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {input_name: x.numpy()})
+
+
+def build_candidate(spec: str, img_size, threads: int | None, pretrained: bool = False):
+    """Return (callable taking a batch -> output, base torch model for counting, model name).
+
+    ``pretrained`` loads our models' published weights (timing barely depends on them, but the
+    authors' ONNX files carry trained weights, so a like-for-like run uses the same)."""
+    hw = parse_size(img_size)
+    onnx = spec.startswith("onnx:")
+    body = spec[len("onnx:"):] if onnx else spec
+    name, _, variant = body.partition("@")
+    is_timm = name.startswith("timm:")
+    base_name = name[len("timm:"):] if is_timm else name
+    model = _peer_timm(base_name) if is_timm else \
+        create_model(base_name, **({"pretrained": True} if pretrained else {})).eval()
+    if onnx:
+        from ..export import export_onnx, onnx_session
+        if variant == "official":
+            from ..weights.hub import official_onnx
+            return _onnx_runner(onnx_session(official_onnx(model_card(base_name)), threads)), model, base_name
+        if variant not in ("", "fast"):
+            raise ConvformerError(f"unknown benchmark variant {spec!r} (see `convformer bench --help`)")
+        path = Path(tempfile.mkdtemp()) / f"{base_name}.onnx"
+        pose = getattr(getattr(model, "model_card", None), "task", "") == "pose"  # needs constant kernels
+        export_onnx(optimize_for_export(model) if variant == "fast" or pose else model, path, hw,
+                    input_shape=sample_shape(model, hw))
+        return _onnx_runner(onnx_session(path, threads)), model, base_name
+    if variant in ("", "eager"):
+        fn = model
+    elif variant == "bf16" and is_timm:
+        def fn(x, _m=model):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return _m(x)
+    elif variant == "compile":
+        fn = torch.compile(model) if is_timm else optimize(model, compile=True)
+    elif variant in ("fast", "fast-bf16", "fast-int8") and not is_timm:
+        fn = optimize(model, dtype={"fast": None, "fast-bf16": "bf16", "fast-int8": "int8"}[variant])
+    else:
+        raise ConvformerError(f"unknown benchmark variant {spec!r} (see `convformer bench --help`)")
+    return fn, model, base_name
