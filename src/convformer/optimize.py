@@ -6,8 +6,9 @@ Q/K/V kernels once (instead of in every forward); for CFSR it returns the folded
 (``compile=True`` compiles the plain merged network instead). It optionally casts the weights to
 bfloat16 (inputs are cast on the way in, outputs back to float32 on the way out), or, for MetaFormers,
 quantizes the Linear layers of the stages to int8 (dynamic: weights int8 per channel, activations
-quantized on the fly), and optionally wraps the result in ``torch.compile`` (of the folded model; with
-inductor's weight freezing, so the folded weights are constants it can pre-pack). The returned model is a copy in eval mode; the original is untouched.
+quantized on the fly), and optionally wraps the result in ``torch.compile`` (the folded model is what
+gets compiled; inductor's weight freezing measured no faster on it, so it is not switched on).
+The returned model is a copy in eval mode; the original is untouched.
 """
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ On a CPU the remaining elementwise work (relu^2 over the 4x-wide MLP activations
 residual adds) is bound by memory traffic, not arithmetic. So in eager inference the MLP half of each
 block (and the pointwise parts of the separable-conv mixer) runs over the rows (pixels) in chunks small
 enough that the wide hidden activations stay in the CPU cache: norm -> Linear -> relu^2 in place ->
-Linear with the residual accumulated straight into the output. Rows are independent, so the result is
+Linear with the residual accumulated straight into the output (for the MLP half, in place into the
+tensor the mixer half just produced, which belongs to the block). Rows are independent, so the result is
 the same; under autograd, tracing (ONNX export) or ``torch.compile`` the plain whole-tensor form is used.
 
 Inside the chunks the per-pixel LayerNorm is computed from a row sum, a subtraction, a row norm and a
