@@ -112,6 +112,23 @@ def test_int8_is_rejected_where_it_is_not_implemented():
     model = convformer.create_model("convformer_nano")
     with pytest.raises(convformer.ConvformerError, match="int8"):
         convformer.optimize(model, dtype="int8", compile=True)
+    with pytest.raises(convformer.ConvformerError, match="int8"):
+        convformer.optimize(convformer.create_model("convformer_pose_t9"), dtype="int8")
+
+
+def test_int8_cfsr_quantizes_the_merged_network_and_stays_close():
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantLinear
+    torch.manual_seed(0)
+    model = perturb(convformer.create_model("cfsr_x2")).eval()
+    q = convformer.optimize(model, dtype="int8")
+    assert not [m for m in q.modules() if type(m) is torch.nn.Linear]
+    assert sum(isinstance(m, DynamicQuantLinear) for m in q.modules()) == \
+        sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    x = torch.rand(1, 3, 24, 32)
+    with torch.inference_mode():
+        ref, out = model(x), q(x)
+    assert out.shape == ref.shape == (1, 3, 48, 64)
+    assert 1e-6 < (out - ref).abs().max().item() < 0.05  # quantized, yet within a few grey levels
 
 
 def test_compile_wraps_the_folded_model():

@@ -4,8 +4,8 @@ For MetaFormer models it folds every per-channel affine op into its neighbouring
 ``models/fold.py``); for the pose lifters it computes the dynamic convolutional attention's fused
 Q/K/V kernels once (instead of in every forward); for CFSR it returns the folded, stripe-by-stripe network of ``models/cfsr_fast.py``
 (``compile=True`` compiles the plain merged network instead). It optionally casts the weights to
-bfloat16 (inputs are cast on the way in, outputs back to float32 on the way out), or, for MetaFormers,
-quantizes the Linear layers of the stages to int8 (dynamic: weights int8 per channel, activations
+bfloat16 (inputs are cast on the way in, outputs back to float32 on the way out), or, for MetaFormers
+and CFSR, quantizes the Linear layers (of the stages; of the merged CFSR network) to int8 (dynamic: weights int8 per channel, activations
 quantized on the fly), and optionally wraps the result in ``torch.compile`` (the folded model is what
 gets compiled; inductor's weight freezing measured no faster on it, so it is not switched on).
 The returned model is a copy in eval mode; the original is untouched.
@@ -52,20 +52,21 @@ def optimize(model: nn.Module, dtype: str | torch.dtype | None = None, compile: 
         if dtype not in DTYPES:
             raise ConvformerError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         dtype = DTYPES[dtype]
-    if dtype == torch.qint8 and (compile or not fold or not isinstance(model, MetaFormer)):
-        raise ConvformerError("dtype='int8' is implemented for MetaFormer classifiers on the folded eager path "
-                              "(not with compile=True or fold=False)")
+    if dtype == torch.qint8 and (compile or not fold or not isinstance(model, (MetaFormer, CFSR))):
+        raise ConvformerError("dtype='int8' is implemented for MetaFormer classifiers and CFSR on the eager "
+                              "path (not with compile=True or fold=False)")
     fast = copy.deepcopy(model).eval()
     for p in fast.parameters():
         p.requires_grad_(False)
     if fold and isinstance(fast, MetaFormer):
         fold_metaformer(fast)
     elif isinstance(fast, CFSR):
-        fast = fast.merge() if compile or not fold else FastCFSR(fast)
+        # int8 swaps modules, which the striped fast path (fused kernels) does not have: use the merged net
+        fast = fast.merge() if compile or not fold or dtype == torch.qint8 else FastCFSR(fast)
     elif isinstance(fast, PoseLifter):
         fast.fuse()
     if dtype == torch.qint8:
-        quantize_linears_int8(fast)
+        quantize_linears_int8(fast.stages if isinstance(fast, MetaFormer) else fast)
     elif dtype is not None and dtype != torch.float32:
         fast = fast.to(dtype)
         fast.register_forward_pre_hook(_cast_input)

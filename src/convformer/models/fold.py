@@ -274,18 +274,19 @@ def _res(module: nn.Module):
     return nn.Parameter(module.scale.detach().clone(), requires_grad=False) if isinstance(module, Scale) else None
 
 
-def quantize_linears_int8(model: MetaFormer) -> MetaFormer:
-    """Swap every Linear inside the stages (in place) for an int8 dynamic-quantized one: weights int8
-    per output channel, activations quantized per batch on the fly (fbgemm/oneDNN kernels). The
-    classifier head stays float32: it is a tiny share of the time and sits right on the logits."""
+def quantize_linears_int8(module: nn.Module) -> nn.Module:
+    """Swap every Linear inside ``module`` (in place) for an int8 dynamic-quantized one: weights int8
+    per output channel, activations quantized per batch on the fly (fbgemm/oneDNN kernels).
+    ``optimize`` passes a MetaFormer's stages, so its classifier head stays float32 (a tiny share of the
+    time, and right on the logits), or a whole merged CFSR network."""
     from torch.ao.quantization import quantize_dynamic, per_channel_dynamic_qconfig
     with warnings.catch_warnings():
         # torch.ao.quantization warns that it is deprecated in favour of torchao (not a dependency
         # here); the eager dynamic path still works in this torch, so the warning is noise per call.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        quantize_dynamic(model.stages, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
-    return model
+        quantize_dynamic(module, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+    return module
 
 
 @torch.no_grad()
