@@ -15,6 +15,20 @@ def test_interleaved_runs_in_round_robin_order():
     assert len(timings["a"].seconds) == 3 and timings["b"].median >= 0
 
 
+def test_interleaved_lets_the_previous_runtime_settle_untimed():
+    """A pause (outside the timing) before every timed call, so spinning ONNX Runtime threads left from
+    one candidate do not slow the next."""
+    import time
+    stamps = []
+
+    def record():
+        stamps.append(time.perf_counter())
+    timings = interleaved({"a": record, "b": record}, warmup=0, repeats=2, settle=0.05)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert len(stamps) == 4 and min(gaps) >= 0.05
+    assert max(timings["a"].seconds + timings["b"].seconds) < 0.05  # the pause is not in the timing
+
+
 def test_runner_reports_every_candidate(tmp_path):
     specs = ["convformer_nano", "convformer_nano@fast", "onnx:convformer_nano"]
     report = run_benchmark(specs, img_size=32, batch=2, repeats=2, warmup=1, threads=1, train=True)

@@ -33,14 +33,21 @@ def time_once(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(fns: dict[str, Callable[[], object]], warmup: int = 2, repeats: int = 5) -> dict[str, Timing]:
-    """Warm each callable up, then time them in round-robin order ``repeats`` times."""
+def interleaved(fns: dict[str, Callable[[], object]], warmup: int = 2, repeats: int = 5,
+                settle: float = 0.2) -> dict[str, Timing]:
+    """Warm each callable up, then time them in round-robin order ``repeats`` times.
+
+    Between two timed calls the process sleeps ``settle`` seconds (untimed): ONNX Runtime's worker
+    threads keep spinning on the cores for a while after a run returns, and without the pause the
+    candidate timed next pays for it (measured: our batch-1 latency 136 ms alone, 194 ms right after
+    an ONNX Runtime run on 2 cores)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     timings = {name: Timing() for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            time.sleep(settle)
             timings[name].seconds.append(time_once(fn))
     return timings
 
