@@ -172,6 +172,9 @@ def test_forward_intermediates_and_pruning_follow_timm(name):
         assert len(model.stages) == 2 and model.num_features == channels[1] and model.num_classes == 0
         torch.testing.assert_close(model(x), maps[1])  # pruned: the last kept stage's map, unpooled
         torch.testing.assert_close(model.forward_intermediates(x, intermediates_only=True), maps[:2])
+        whole = make_sized(name).eval()
+        assert whole.prune_intermediate_layers(4) == [0, 1, 2, 3] and whole.num_classes == 0
+        torch.testing.assert_close(whole(x), final)  # head removed, no stray norm: the last stage's map
     with pytest.raises(convformer.ConvformerError, match="out of range"):
         model.forward_intermediates(x, indices=[5])
     with pytest.raises(convformer.ConvformerError, match="output_fmt"):

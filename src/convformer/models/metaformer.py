@@ -282,8 +282,9 @@ class MetaFormer(nn.Module):
                                   prune_head: bool = True) -> List[int]:
         """Drop the stages after the last of ``indices`` (and the classifier), for feature extraction.
 
-        Returns the absolute stage indices, as timm does. If stages were dropped the head becomes a
-        pass-through (its norm belonged to the last stage's width)."""
+        Returns the absolute stage indices, as timm does. The head becomes a pass-through without its
+        norm, as in timm (the norm belonged to the last stage's width), so ``forward`` returns the last
+        kept stage's unpooled map."""
         chosen, last = take_indices(len(self.stages), indices)
         cut = last < len(self.stages) - 1
         self.stages = self.stages[:last + 1]
@@ -292,7 +293,7 @@ class MetaFormer(nn.Module):
         if cut:
             self.num_features = self.head_hidden_size = self.feature_info[last]["num_chs"]
         if prune_head or cut:
-            self.head = self._new_head(0, "", norm=not cut).to(self.stem.conv.weight.device)
+            self.head = self._new_head(0, "", norm=False).to(self.stem.conv.weight.device)
             self.num_classes = 0
         return chosen
 
