@@ -267,15 +267,22 @@ class MetaFormer(nn.Module):
             raise ConvformerError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         _check_input(x, self.in_chans)
         chosen, last = take_indices(len(self.stages), indices)
-        stages = self.stages[:last + 1] if stop_early else self.stages
-        fmt = (lambda t: t.permute(0, 3, 1, 2)) if output_fmt == "NCHW" else (lambda t: t)
+        nchw = output_fmt == "NCHW"
+        x, maps = self._stage_maps(x, chosen, last if stop_early else len(self.stages) - 1, nchw)
+        return maps if intermediates_only else (x.permute(0, 3, 1, 2) if nchw else x, maps)
+
+    def _stage_maps(self, x: torch.Tensor, take: List[int], last: int,
+                    nchw: bool = True) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Stem and stages 0..last; returns the last map (B, H, W, C) and the maps of the stages in
+        ``take`` (NCHW views or NHWC). Scriptable: the features_only forward runs on it too."""
         x = self.stem(x)
-        maps = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in chosen:
-                maps.append(fmt(x))
-        return maps if intermediates_only else (fmt(x), maps)
+        maps: List[torch.Tensor] = []
+        for i, stage in enumerate(self.stages):
+            if i <= last:
+                x = stage(x)
+                if i in take:
+                    maps.append(x.permute(0, 3, 1, 2) if nchw else x)
+        return x, maps
 
     @torch.jit.ignore
     def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1, prune_norm: bool = False,
@@ -365,13 +372,7 @@ class MetaFormerFeatures(MetaFormer):
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         if not torch.jit.is_scripting():
             _check_input(x, self.in_chans)
-        x = self.stem(x)
-        maps: List[torch.Tensor] = []
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
-            if i in self.out_indices:
-                maps.append(x.permute(0, 3, 1, 2))
-        return maps
+        return self._stage_maps(x, self.out_indices, self.out_indices[-1])[1]
 
 
 def _init_weights(m: nn.Module) -> None:
