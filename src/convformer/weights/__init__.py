@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import os
 
-import torch
 from torch import nn
 
 from ..errors import ConvformerError
-from ..fileio import atomic_write
 from .convert import adapt_first_conv, drop_classifier, match_shapes, to_official, to_our_names, to_timm
 from .hub import resolve_pretrained
 from .io import read_state_dict, save_state_dict
@@ -34,9 +32,8 @@ def save_weights(model: nn.Module, path: str | os.PathLike, layout: str = "convf
     """Save weights atomically. ``layout``: "convformer" (ours), "timm" (timm's model loads the file) or
     "official" (the authors' repository loads it; MetaFormer models only).
 
-    The file is safetensors unless ``path`` ends in .pth/.pt, which writes a plain state dict with
-    ``torch.save`` (tensors only, so ``torch.load(weights_only=True)`` reads it), for code that only
-    reads those, such as the official repositories' scripts."""
+    The file is safetensors unless ``path`` ends in .pth/.pt (a plain tensor dict, see
+    ``save_state_dict``), for code that reads only those, such as the official repositories' scripts."""
     if layout == "timm":
         state = to_timm(model)
     elif layout == "official":
@@ -47,9 +44,6 @@ def save_weights(model: nn.Module, path: str | os.PathLike, layout: str = "convf
         state = model.state_dict()
     else:
         raise ConvformerError(f"unknown layout {layout!r}: use 'convformer', 'timm' or 'official'")
-    if str(path).endswith((".pth", ".pt")):
-        tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-        return atomic_write(path, lambda tmp: torch.save(tensors, tmp))
     meta = {**model_metadata(model), "layout": layout, **(metadata or {})}
     return save_state_dict(state, path, meta)
 

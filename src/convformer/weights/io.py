@@ -23,7 +23,12 @@ WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "params")
 
 
 def save_state_dict(state_dict: dict, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Write tensors atomically: safetensors with metadata, or, for a path ending in .pth/.pt, a plain
+    tensor dict with ``torch.save`` (no metadata) for code that reads only those; tensors alone, so
+    ``torch.load(weights_only=True)`` reads it back."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    if str(path).endswith((".pth", ".pt")):
+        return atomic_write(path, lambda tmp: torch.save(tensors, tmp))
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
