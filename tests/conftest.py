@@ -39,7 +39,7 @@ def randomize_(model: torch.nn.Module, std: float = 0.2) -> torch.nn.Module:
     for p in model.parameters():
         p.normal_(0, std)
     for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm1d):
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.running_mean.normal_(0, std)
             m.running_var.uniform_(0.5, 1.5)
     return model

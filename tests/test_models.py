@@ -39,12 +39,12 @@ def test_features_head_and_reset_classifier(name):
     with torch.no_grad():
         feats = model.forward_features(x)
         assert feats.shape == (2, model.num_features, SIZE // 32, SIZE // 32)
-        assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
+        assert model.forward_head(feats, pre_logits=True).shape == (2, model.head_hidden_size)
         assert model.forward_head(feats).shape == (2, 1000)
         model.reset_classifier(0)
-        assert model(x).shape == (2, model.num_features)
-        model.reset_classifier(0, "")
-        assert model(x).shape == (2, model.num_features, SIZE // 32, SIZE // 32)
+        assert model(x).shape == (2, model.head_hidden_size)
+        model.reset_classifier(0, "")  # unpooled: the pre-logit layers (if any) at every position
+        assert model(x).shape == (2, model.head_hidden_size, SIZE // 32, SIZE // 32)
         model.reset_classifier(7, "avg")
         assert model(x).shape == (2, 7)
 
@@ -122,9 +122,9 @@ def test_default_cfgs_describe_the_model(name):
         assert model.num_classes == 0
         torch.testing.assert_close(model(x), pre)  # no classifier = the pre-logits
         model.reset_classifier(0, "")
-        assert model(x).shape[1:] == (model.num_features, *cfg["pool_size"])
+        assert model(x).shape[1:] == (model.head_hidden_size, *cfg["pool_size"])
         bare = make_sized(name, num_classes=0, global_pool="").eval()
-        assert bare(x).shape[1:] == (bare.num_features, *cfg["pool_size"])
+        assert bare(x).shape[1:] == (bare.head_hidden_size, *cfg["pool_size"])
     assert make_sized(name, num_classes=0).pretrained_cfg["num_classes"] == 0
 
 

@@ -30,8 +30,15 @@ def test_every_classification_model_is_in_timms_registry(registered):
 def test_pretrained_cfg_equals_timms_for_the_same_architecture(registered, name):
     theirs = timm.models.get_pretrained_cfg(name).to_dict()
     ours = timm.models.get_pretrained_cfg("cvf_" + name).to_dict()
-    assert {k: ours[k] for k in TIMM_KEYS} == {k: theirs[k] for k in TIMM_KEYS}
+    data_keys = [k for k in TIMM_KEYS if k not in ("first_conv", "classifier")]
+    assert {k: ours[k] for k in data_keys} == {k: theirs[k] for k in data_keys}
     assert resolve_data_config(pretrained_cfg=ours) == resolve_data_config(pretrained_cfg=theirs)
+    # first_conv / classifier name modules: where our module names differ from timm's (LowFormer), they
+    # must name the layers timm's names: the same tensors once the weights are in timm's layout
+    model = convformer.create_model(name)
+    in_timm_layout = model.layout_state_dict("timm") if hasattr(model, "layout_state_dict") else model.state_dict()
+    for key in ("first_conv", "classifier"):
+        assert torch.equal(model.state_dict()[ours[key] + ".weight"], in_timm_layout[theirs[key] + ".weight"])
 
 
 def test_timm_create_model_builds_ours_with_timm_arguments(registered):

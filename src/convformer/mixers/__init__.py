@@ -7,12 +7,13 @@ lifter's dynamic convolutional attention) map token sequences (B, N, C) -> (B, N
 from .attention import AttentionMixer
 from .dynamic_conv_attention import DynamicConv1d, DynamicConvAttention
 from .identity import IdentityMixer
+from .lowtention import LowtentionMixer
 from .pooling import PoolingMixer
 from .random_mixing import RandomMixer
 from .sepconv import SepConvMixer
 
 MIXERS = {"identity": IdentityMixer, "pool": PoolingMixer, "random": RandomMixer, "sepconv": SepConvMixer,
-          "attention": AttentionMixer, "dynamic_conv_attention": DynamicConvAttention}
+          "attention": AttentionMixer, "dynamic_conv_attention": DynamicConvAttention, "lowtention": LowtentionMixer}
 
-__all__ = ["MIXERS", "AttentionMixer", "DynamicConv1d", "DynamicConvAttention", "IdentityMixer", "PoolingMixer",
+__all__ = ["MIXERS", "AttentionMixer", "DynamicConv1d", "DynamicConvAttention", "IdentityMixer", "LowtentionMixer", "PoolingMixer",
            "RandomMixer", "SepConvMixer"]

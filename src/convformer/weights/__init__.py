@@ -30,20 +30,22 @@ def model_metadata(model: nn.Module) -> dict:
 def save_weights(model: nn.Module, path: str | os.PathLike, layout: str = "convformer",
                  metadata: dict | None = None):
     """Save weights atomically. ``layout``: "convformer" (ours), "timm" (timm's model loads the file) or
-    "official" (the authors' repository loads it; MetaFormer models only).
+    "official" (the authors' repository loads it; MetaFormer and LowFormer models).
 
     The file is safetensors unless ``path`` ends in .pth/.pt (a plain tensor dict, see
     ``save_state_dict``), for code that reads only those, such as the official repositories' scripts."""
-    if layout == "timm":
+    if layout not in ("convformer", "timm", "official"):
+        raise ConvformerError(f"unknown layout {layout!r}: use 'convformer', 'timm' or 'official'")
+    if hasattr(model, "layout_state_dict") and layout != "convformer":  # a model with its own key maps
+        state = model.layout_state_dict(layout)
+    elif layout == "timm":
         state = to_timm(model)
     elif layout == "official":
         if not hasattr(model, "cfg") or not hasattr(model.cfg, "down_norm"):
-            raise ConvformerError("layout='official' is defined for the MetaFormer models only")
+            raise ConvformerError("layout='official' is defined for the MetaFormer and LowFormer models only")
         state = to_official(model)
-    elif layout == "convformer":
-        state = model.state_dict()
     else:
-        raise ConvformerError(f"unknown layout {layout!r}: use 'convformer', 'timm' or 'official'")
+        state = model.state_dict()
     meta = {**model_metadata(model), "layout": layout, **(metadata or {})}
     return save_state_dict(state, path, meta)
 
