@@ -1,4 +1,4 @@
-The timm model API shared by our four-stage image classifiers (MetaFormer, LowFormer).
+"""The timm model API shared by our four-stage image classifiers (MetaFormer, LowFormer).
 
 A subclass builds ``stem``, ``stages`` (an ``nn.Sequential`` of ``Stage``), ``head`` (with ``global_pool``,
 ``fc`` and ``forward(x, pre_logits)`` on (B, C, H, W)), ``feature_info``, ``out_indices``, ``cfg`` (with
