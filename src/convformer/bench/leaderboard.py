@@ -241,7 +241,10 @@ def _plot(report: dict, path: str) -> None:
             ls="--", label="Pareto front")
     ax.scatter([], [], color="tab:blue", label="convformer")
     ax.scatter([], [], color="tab:orange", label="peers (timm)")
-    ax.set_xscale("log")
+    if rows:
+        ax.set_xscale("log")
+    else:
+        ax.text(0.5, 0.5, "no entry has a published top-1", ha="center", transform=ax.transAxes)
     s, m = report["settings"], report["machine"]
     ax.set_xlabel(f"images / s, batch {s['batch']}, {s['img_size'][0]}x{s['img_size'][1]} (log scale)")
     ax.set_ylabel("ImageNet-1k top-1 % (published)")
