@@ -5,13 +5,17 @@ import torch
 import convformer
 from convformer.models.fold import FoldedBlock
 
-from conftest import small_kwargs
+from convformer.optimize import optimize_for_export
+
+from conftest import randomize_, small_kwargs
 from test_parity_timm import perturb
 
 MODELS = convformer.list_models(task="classification")
+METAFORMERS = [n for n in MODELS if not n.startswith("lowformer")]
+LOWFORMERS = convformer.list_models("lowformer*")
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", METAFORMERS)
 def test_folded_model_matches_plain_fp32(name):
     torch.manual_seed(0)
     model = perturb(convformer.create_model(name, **small_kwargs(name, 64))).eval()
@@ -22,6 +26,26 @@ def test_folded_model_matches_plain_fp32(name):
         ref, out = model(x), fast(x)
     assert (ref - out).abs().max().item() <= 1e-4
     assert all(isinstance(b, convformer.models.metaformer.MetaFormerBlock) for b in model.stages[0].blocks)
+
+
+@pytest.mark.parametrize("name", LOWFORMERS)
+def test_lowformer_fast_path_folds_every_norm_it_can_and_matches_plain(name):
+    torch.manual_seed(0)
+    model = randomize_(convformer.create_model(name), std=0.05).eval()
+    fast = convformer.optimize(model)
+    for copy in (fast.small, fast.large):
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in copy.modules())
+        assert all(not b.norm2.affine for s in copy.stages[2:] for b in s.blocks if b.mlp is not None)
+    assert fast.large.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast.small.stem.conv.weight.is_contiguous()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    with torch.no_grad():
+        for batch in (1, 5):  # both sides of the NCHW / channels-last switch
+            x = torch.randn(batch, 3, 64, 64)
+            ref = model(x)
+            assert (fast(x) - ref).abs().max().item() <= 1e-4 * max(1.0, ref.abs().max().item())
+            exported = optimize_for_export(model)
+            assert (exported(x) - ref).abs().max().item() <= 1e-4 * max(1.0, ref.abs().max().item())
 
 
 def test_bf16_path_casts_in_and_out_and_stays_close():

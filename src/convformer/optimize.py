@@ -1,7 +1,8 @@
 """``convformer.optimize``: the fast inference path in one call.
 
 For MetaFormer models it folds every per-channel affine op into its neighbouring linear layer (see
-``models/fold.py``); for the pose lifters it computes the dynamic convolutional attention's fused
+``models/fold.py``); for LowFormer every BatchNorm into its convolution and runs batches channels-last
+(``models/lowformer_fast.py``); for the pose lifters it computes the dynamic convolutional attention's fused
 Q/K/V kernels once (instead of in every forward); for CFSR it returns the folded, stripe-by-stripe network of ``models/cfsr_fast.py``
 (``compile=True`` compiles the plain merged network instead). It optionally casts the weights to
 bfloat16 (inputs are cast on the way in, outputs back to float32 on the way out), or, for MetaFormers
@@ -21,6 +22,8 @@ from .errors import ConvformerError
 from .models.cfsr import CFSR
 from .models.cfsr_fast import FastCFSR
 from .models.fold import fold_metaformer, quantize_linears_int8
+from .models.lowformer import LowFormer
+from .models.lowformer_fast import FastLowFormer, fold_lowformer
 from .models.metaformer import MetaFormer
 from .models.pose import PoseLifter
 
@@ -60,6 +63,9 @@ def optimize(model: nn.Module, dtype: str | torch.dtype | None = None, compile: 
         p.requires_grad_(False)
     if fold and isinstance(fast, MetaFormer):
         fold_metaformer(fast)
+    elif fold and isinstance(fast, LowFormer):
+        # eager: a channels-last copy for batches, NCHW for single images; compiled: one folded graph
+        fast = fold_lowformer(fast) if compile else FastLowFormer(fast)
     elif isinstance(fast, CFSR):
         # int8 swaps modules, which the striped fast path (fused kernels) does not have: use the merged net
         fast = fast.merge() if compile or not fold or dtype == torch.qint8 else FastCFSR(fast)
@@ -102,8 +108,10 @@ def output_agreement(reference: nn.Module, candidate: nn.Module, batches) -> dic
 
 
 def optimize_for_export(model: nn.Module) -> nn.Module:
-    """The fastest form that exports to ONNX: MetaFormers folded; CFSR merged (its striped fast path is
+    """The fastest form that exports to ONNX: MetaFormers and LowFormers folded; CFSR merged (its striped fast path is
     eager-only Python, which a graph export would unroll for one image size)."""
     if isinstance(model, CFSR):
         return optimize(model, fold=False)
+    if isinstance(model, LowFormer):  # the folded network alone: the batch-size switch is eager Python
+        return fold_lowformer(copy.deepcopy(model))
     return optimize(model)  # pose lifters: the fused kernels must be constants in the graph
