@@ -162,6 +162,18 @@ def test_compile_wraps_the_folded_model():
     assert all(isinstance(b, FoldedBlock) for s in inner.stages for b in s.blocks)
 
 
+def test_compiled_lowformer_is_folded_channels_last_and_matches_plain():
+    torch.manual_seed(0)
+    model = randomize_(convformer.create_model("lowformer_b0"), std=0.05).eval()
+    fast = convformer.optimize(model, compile=True)
+    inner = fast._orig_mod
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in inner.modules())
+    assert inner.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (fast(x) - model(x)).abs().max().item() <= 1e-4
+
+
 def test_output_agreement_reports_top1_and_logit_gap():
     from convformer.optimize import output_agreement
     torch.manual_seed(0)

@@ -64,8 +64,10 @@ def optimize(model: nn.Module, dtype: str | torch.dtype | None = None, compile: 
     if fold and isinstance(fast, MetaFormer):
         fold_metaformer(fast)
     elif fold and isinstance(fast, LowFormer):
-        # eager: a channels-last copy for batches, NCHW for single images; compiled: one folded graph
-        fast = fold_lowformer(fast) if compile else FastLowFormer(fast)
+        # eager: a channels-last copy for batches, NCHW for single images; compiled: one folded
+        # channels-last graph whose weights inductor may treat as constants ("freezing"), which lets it
+        # prepack them and fuse each conv with its activation and residual add
+        fast = fold_lowformer(fast).to(memory_format=torch.channels_last) if compile else FastLowFormer(fast)
     elif isinstance(fast, CFSR):
         # int8 swaps modules, which the striped fast path (fused kernels) does not have: use the merged net
         fast = fast.merge() if compile or not fold or dtype == torch.qint8 else FastCFSR(fast)
@@ -78,7 +80,7 @@ def optimize(model: nn.Module, dtype: str | torch.dtype | None = None, compile: 
         fast.register_forward_pre_hook(_cast_input)
         fast.register_forward_hook(_cast_output)
     if compile:
-        fast = torch.compile(fast)
+        fast = torch.compile(fast, options={"freezing": True} if isinstance(model, LowFormer) else None)
     return fast
 
 
