@@ -135,3 +135,17 @@ def test_lowtention_channels_last_equals_nchw():
     x = torch.randn(1, 128, 10, 10)
     with torch.no_grad():
         torch.testing.assert_close(mixer(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2), mixer.forward_nchw(x))
+
+
+def test_speed_benchmark_reports_ours_against_each_timm_way(tmp_path):
+    from conftest import load_benchmark
+    script = load_benchmark("lowformer_speed")
+    out = tmp_path / "speed.json"
+    report = script.main(["--models", "lowformer_b0", "--variants", "{m}@fast", "timm:{m}", "--img-size", "64",
+                          "--batch", "2", "--repeats", "1", "--output", str(out)])
+    assert out.is_file() and out.with_suffix(".png").is_file()
+    by = {r["spec"]: r for r in report["results"]}
+    r = report["ratios"]["lowformer_b0@fast vs timm eager"]
+    assert r["b32_speedup"] == by["lowformer_b0@fast"]["throughput"] / by["timm:lowformer_b0"]["throughput"]
+    assert r["b1_speedup"] == by["timm:lowformer_b0"]["latency_ms"] / by["lowformer_b0@fast"]["latency_ms"]
+    assert set(report["ratios"]) == {"lowformer_b0@fast vs timm eager"}
