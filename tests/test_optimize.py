@@ -191,3 +191,18 @@ def test_output_agreement_reports_top1_and_logit_gap():
             return out - 100 * torch.nn.functional.one_hot(out.argmax(1), out.shape[1])
     other = output_agreement(model, Shifted(), [images])
     assert other["top1_agreement"] == 0.0 and other["max_abs_logit_diff"] >= 99 and "reference_top1" not in other
+
+
+def test_mixed_metaformer_folds_the_blocks_it_knows_and_keeps_the_others_exact():
+    from convformer.models.metaformer import MetaFormerBlock, MetaFormerConfig, build_metaformer
+    torch.manual_seed(0)
+    cfg = MetaFormerConfig(depths=(1, 1, 1, 1), dims=(16, 32, 48, 64),
+                           mixers=("pool", "sepconv", "lowtention", "lowtention"))
+    model = randomize_(perturb(build_metaformer(cfg, num_classes=10)), std=0.05).eval()
+    fast = convformer.optimize(model)
+    kinds = [type(s.blocks[0]) for s in fast.stages]
+    assert kinds == [FoldedBlock, FoldedBlock, MetaFormerBlock, MetaFormerBlock]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        assert (fast(x) - ref).abs().max().item() <= 1e-4 * max(1.0, ref.abs().max().item())

@@ -38,7 +38,7 @@ from torch import nn
 
 from ..layers import Scale, SpatialChannelNorm, StarReLU
 from ..layers.norms import normalize_hwc
-from ..mixers import AttentionMixer, PoolingMixer, SepConvMixer
+from ..mixers import AttentionMixer, IdentityMixer, PoolingMixer, RandomMixer, SepConvMixer
 from .metaformer import MetaFormer, MetaFormerBlock
 
 
@@ -167,6 +167,11 @@ def _fold_starrelu_into(linear: nn.Linear, act: StarReLU) -> None:
         linear.bias = nn.Parameter(shift if linear.bias is None else linear.bias + shift)
 
 
+#: mixers whose block ``FoldedBlock`` folds: the ones it fuses into (sepconv, attention) and the ones
+#: that commute with a per-channel scale (identity, pooling, random mixing)
+FOLDABLE_MIXERS = (SepConvMixer, AttentionMixer, IdentityMixer, PoolingMixer, RandomMixer)
+
+
 class FoldedBlock(nn.Module):
     """A MetaFormerBlock with its affine ops folded away (inference only)."""
 
@@ -291,8 +296,11 @@ def quantize_linears_int8(module: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def fold_metaformer(model: MetaFormer) -> MetaFormer:
-    """Replace every block of ``model`` (in place) by its folded form; the model must be in eval mode."""
+    """Replace every block of ``model`` (in place) by its folded form; the model must be in eval mode.
+    Blocks with a mixer the folding does not know (Lowtention, ConvMod, ... in a mixed MetaFormer) stay
+    as they are: their mixers need the norm's affine on their input, and stay exact that way."""
     for stage in model.stages:
-        stage.blocks = nn.Sequential(*[FoldedBlock(b) if isinstance(b, MetaFormerBlock) else b
+        stage.blocks = nn.Sequential(*[FoldedBlock(b) if isinstance(b, MetaFormerBlock)
+                                       and isinstance(b.token_mixer, FOLDABLE_MIXERS) else b
                                        for b in stage.blocks])
     return model
