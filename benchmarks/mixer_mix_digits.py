@@ -15,7 +15,6 @@ trained networks are timed at batch 32 in interleaved rounds, so machine drift h
 
 Prints a Markdown table and writes benchmarks/results/mixer_mix_digits.json and .md.
 """
-from __future__ import annotations
 
 import argparse
 import json
