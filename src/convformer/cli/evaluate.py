@@ -30,7 +30,8 @@ def model_from_weights(weights: str, model_name: Optional[str] = None, img_size:
         raise ConvformerError(f"{weights} holds {name}, a {card.task} model; use {command.get(card.task, 'its own command')}")
     num_classes = int(meta["num_classes"]) if "num_classes" in meta else _classes_in(state)
     size = img_size or int(meta.get("img_size", card.input_size[-1]))
-    model = create_model(name, num_classes=num_classes, img_size=size)
+    extra = json.loads(meta.get("model_kwargs", "{}"))  # e.g. the mixers of a `metaformer` run
+    model = create_model(name, num_classes=num_classes, img_size=size, **extra)
     load_weights(model, state if not meta else weights)
     return model.eval(), meta
 

@@ -5,11 +5,13 @@ Several processes: ``torchrun --nproc_per_node N --no-python convformer train ..
 """
 from __future__ import annotations
 
+import json
 from typing import Optional
 
 import typer
 
 from ..engine import TrainConfig
+from ..errors import ConvformerError
 from ..engine.presets import PRESETS
 from . import app, options
 
@@ -61,11 +63,14 @@ def train(
     device: options.Device = None,
     output: options.Output = None,
     name: options.Name = None,
+    model_kwargs: Optional[str] = typer.Option(None, help='More model options as JSON, e.g. '
+                                               '\'{"mixers": ["sepconv", "sepconv", "attention", "attention"]}\'.'),
     config: options.Config = None,
     quiet: options.Quiet = False,
 ):
     """Train a classifier; writes config, metrics, curves and checkpoints to a run folder."""
     flags = {k: v for k, v in locals().items() if k not in ("config", "quiet")}
+    flags["model_kwargs"] = _json_mapping("--model-kwargs", model_kwargs)
     cfg, result = options.run_training_command(TrainConfig, config, flags, quiet)
     if result.get("val_top1") is None or not result["main"]:
         return
@@ -74,3 +79,16 @@ def train(
                f"(best {result['best_top1']:.2f}%, top-5 {result['val_top5']:.2f}%{ema}, "
                f"{result['val_count']} images) after {result['epochs']} epochs in {result['seconds']:.0f}s")
     typer.echo(f"run folder: {result['folder']}")
+
+
+def _json_mapping(flag: str, text: Optional[str]) -> Optional[dict]:
+    """Parse a flag's JSON object (None when the flag is not given)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConvformerError(f"{flag} is not valid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise ConvformerError(f"{flag} must be a JSON object of option: value, got {text!r}")
+    return value

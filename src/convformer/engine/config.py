@@ -55,6 +55,7 @@ class TrainConfig(EngineOptions):
     num_classes: Optional[int] = None    # must match the data's classes; set it to say "new head" explicitly
     skip_bad_images: bool = False        # drop unreadable images (with a warning) instead of stopping
     preset: Optional[str] = None         # a recipe from convformer.engine.presets (see --help)
+    model_kwargs: Optional[dict] = None  # more model options, e.g. {"mixers": ["sepconv", ...], "dims": [...]}
 
 
 @dataclass

@@ -74,6 +74,17 @@ class Task:
         return "  ".join(f"{k} {v}" for k, v in row.items() if k.startswith(("train_", "val_", "ema_")))
 
 
+def model_options(cfg, task_kwargs: dict) -> dict:
+    """The user's ``model_kwargs`` (config file or --model-kwargs); the options the task already sets from
+    the data or from flags stay with those, so one value never has two sources."""
+    extra = dict(getattr(cfg, "model_kwargs", None) or {})
+    taken = sorted(set(extra) & (set(task_kwargs) | {"pretrained", "features_only"}))
+    if taken:
+        raise ConvformerError(f"model_kwargs may not set {taken}: the data or a flag sets them "
+                              "(--num-classes, --img-size, --drop-path-rate, --head-dropout)")
+    return extra
+
+
 class ImageClassification(Task):
     name = "classification"
     train_stat = "top1"
@@ -105,12 +116,15 @@ class ImageClassification(Task):
             self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
                                num_classes=num_classes)
             self.loss_fn = SoftTargetCrossEntropy()
-        return TaskData(data.train, data.val,
-                        dict(num_classes=num_classes, img_size=img_size, drop_path_rate=cfg.drop_path_rate,
-                             drop_rate=cfg.head_dropout),
-                        resolved={"img_size": img_size, "classes": data.classes},
-                        meta={"classes": json.dumps(data.classes), "mean": json.dumps(list(data.mean)),
-                              "std": json.dumps(list(data.std)), "img_size": str(img_size)})
+        kwargs = dict(num_classes=num_classes, img_size=img_size, drop_path_rate=cfg.drop_path_rate,
+                      drop_rate=cfg.head_dropout)
+        extra = model_options(cfg, kwargs)
+        meta = {"classes": json.dumps(data.classes), "mean": json.dumps(list(data.mean)),
+                "std": json.dumps(list(data.std)), "img_size": str(img_size)}
+        if extra:  # so that evaluate/predict/export rebuild the same network from the weight file
+            meta["model_kwargs"] = json.dumps(extra)
+        return TaskData(data.train, data.val, {**kwargs, **extra},
+                        resolved={"img_size": img_size, "classes": data.classes}, meta=meta)
 
     def prepare(self, batch, cfg, device, seed_parts: tuple):
         images, target = batch

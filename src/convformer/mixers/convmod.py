@@ -41,7 +41,7 @@ def _dw(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 
 class ConvModMixer(nn.Module):
-    def __init__(self, dim: int, kernel_size: int = 9):
+    def __init__(self, dim: int, kernel_size: int = 9, **_):
         super().__init__()
         self.a_proj = nn.Linear(dim, dim)
         self.act = nn.GELU()

@@ -3,6 +3,7 @@
 Follows Yu et al., "MetaFormer Baselines for Vision" (TPAMI 2024; code sail-sg/metaformer) and, for the
 original PoolFormer, "MetaFormer Is Actually What You Need for Vision" as ported by timm. One network,
 four stages; what distinguishes the families is the token mixer per stage, the norm kind and the head.
+Any mixer in ``MIXERS`` can sit in any stage (``mixers=`` one name per stage, see :func:`build_mixer`).
 
 Inside the stages activations are channels-last (B, H, W, C) so every norm and MLP is a plain
 last-dimension op; public outputs (``forward_features``, feature maps) are (B, C, H, W) like timm.
@@ -21,7 +22,7 @@ from ..errors import ConvformerError
 from .backbone import FeatureInfo, FeaturesOnly, PyramidClassifier, Stage, take_indices
 from ..layers import (ChannelLayerNorm, Downsample, DropPath, Mlp, Scale, SpatialChannelNorm,
                       SquaredReLU, StarReLU, Stem)
-from ..mixers import MIXERS
+from ..mixers import MIXERS, SEQUENCE_MIXERS, FlattenedImageMixer
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,34 @@ class MetaFormerConfig:
     head_norm_eps: float = 1e-5                 # MlpHead's inner LayerNorm eps (official 1e-5, timm 1e-6)
     in_chans: int = 3
     num_classes: int = 1000
-    img_size: int = 224                         # only RandFormer depends on it
+    img_size: int = 224                         # only fixed-token-count mixers (random) depend on it
     drop_path_rate: float = 0.0
     drop_rate: float = 0.0                      # dropout before the classifier
     global_pool: str = "avg"
+
+
+def check_layout(cfg: MetaFormerConfig) -> None:
+    """Fail early, in one line, on a stage layout the network cannot be built from."""
+    n = len(cfg.depths)
+    if len(cfg.dims) != n or len(cfg.mixers) != n or len(cfg.res_scale) != n:
+        raise ConvformerError(f"depths, dims, mixers and res_scale need one entry per stage, got "
+                              f"{len(cfg.depths)}, {len(cfg.dims)}, {len(cfg.mixers)} and {len(cfg.res_scale)}")
+    unknown = [m for m in cfg.mixers if m not in MIXERS]
+    if unknown:
+        raise ConvformerError(f"unknown mixer(s) {unknown}; valid: {', '.join(sorted(MIXERS))}")
+
+
+def build_mixer(name: str, dim: int, stage_stride: int, img_size: int) -> nn.Module:
+    """One stage's token mixer, given everything any mixer may need to know about where it sits.
+
+    Every mixer ignores what it does not use, so one call serves all of them: ``stage_stride`` (the
+    stage's reduction, which sets Lowtention's attention stride) and, for mixers whose weights depend
+    on the token count (RandFormer's matrix), ``num_tokens``/``image_size``/``stride`` at ``img_size``.
+    Sequence mixers are wrapped to flatten the map into a sequence of H*W tokens."""
+    side = img_size // stage_stride
+    mixer = MIXERS[name](dim, stage_stride=stage_stride, num_tokens=side * side, image_size=img_size,
+                         stride=stage_stride)
+    return FlattenedImageMixer(mixer) if name in SEQUENCE_MIXERS else mixer
 
 
 class MetaFormerBlock(nn.Module):
@@ -152,13 +177,10 @@ class MetaFormer(PyramidClassifier):
         self.stem = Stem(cfg.in_chans, cfg.dims[0], norm=down_norm)
         rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths), device="cpu").tolist()
         stages, info, prev = [], FeatureInfo(), cfg.dims[0]
+        check_layout(cfg)
         for i, (depth, dim, mixer_name) in enumerate(zip(cfg.depths, cfg.dims, cfg.mixers)):
             stride = 2 ** (i + 2)
-            mixer_kwargs = {}
-            if mixer_name == "random":
-                side = cfg.img_size // stride
-                mixer_kwargs = dict(num_tokens=side * side, image_size=cfg.img_size, stride=stride)
-            blocks = [MetaFormerBlock(dim, MIXERS[mixer_name](dim, **mixer_kwargs), norm, act,
+            blocks = [MetaFormerBlock(dim, build_mixer(mixer_name, dim, stride, cfg.img_size), norm, act,
                                       cfg.mlp_bias, rates.pop(0), cfg.layer_scale, cfg.res_scale[i])
                       for _ in range(depth)]
             downsample = nn.Identity() if i == 0 else Downsample(prev, dim, norm=down_norm)
@@ -210,5 +232,8 @@ def build_metaformer(cfg: MetaFormerConfig, **overrides) -> MetaFormer:
     if unknown:
         raise ConvformerError(f"unknown model option(s) {sorted(unknown)}; valid: "
                               f"{sorted(MetaFormerConfig.__dataclass_fields__)}")
+    for key in ("depths", "dims", "mixers", "res_scale"):  # JSON/YAML give lists
+        if isinstance(overrides.get(key), list):
+            overrides[key] = tuple(overrides[key])
     cls = MetaFormerFeatures if features_only else MetaFormer
     return cls(replace(cfg, **overrides), out_indices=out_indices)

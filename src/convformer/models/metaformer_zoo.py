@@ -173,3 +173,17 @@ register_model(ModelCard(
     notes=("Not in the paper: the ConvFormer block design at a tiny width and depth, trained from "
            "scratch by `convformer train` on the bundled digits data.", MLP_HEAD_NOTE)),
     lambda **kw: build_metaformer(NANO, **kw))
+
+
+# Not a paper model: the configurable frame. Any registered mixer per stage (``mixers=``), any depths and
+# widths; the default is CAFormer-S18's layout so that ``create_model("metaformer")`` is a sensible network.
+FRAME = replace(FAMILIES["caformer"], depths=(3, 3, 9, 3), dims=(64, 128, 320, 512))
+FRAME_PARAMS, FRAME_MACS = 26_341_656, 4_106_941_440  # exact counts of the default at 1000 classes, 224x224
+register_model(ModelCard(
+    name="metaformer", family="metaformer", params=FRAME_PARAMS, macs=FRAME_MACS, metrics={},
+    paper=PAPER_V2, code=CODE_V2, weights=(),
+    notes=("Not a paper model: the configurable MetaFormer frame. Choose one token mixer per stage from "
+           "convformer.mixers.MIXERS with mixers=(...), and depths=/dims=; the default (and these counts) is "
+           "CAFormer-S18's layout (sepconv, sepconv, attention, attention; MLP head), untrained.",
+           MLP_HEAD_NOTE)),
+    lambda **kw: build_metaformer(FRAME, **kw))
