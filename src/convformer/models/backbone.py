@@ -176,7 +176,7 @@ class PyramidClassifier(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict:
         """Parameter groups for layer-wise learning-rate decay (timm's ``param_groups_layer_decay``)."""
         return dict(stem=r"^stem", blocks=[(r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                                           (r"^stages\.(\d+)\.downsample", (0,)), (r"^head", (99999,))])
+                                           (r"^stages\.(\d+)\.downsample", (0,)), (r"^head\.norm", (99999,))])
 
     @property
     def pretrained_cfg(self) -> dict:
