@@ -38,6 +38,11 @@ def test_lowformer_fast_path_folds_every_norm_it_can_and_matches_plain(name):
         assert all(not b.norm2.affine for s in copy.stages[2:] for b in s.blocks if b.mlp is not None)
     assert fast.large.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert fast.small.stem.conv.weight.is_contiguous()
+    # rewrites of the layers PyTorch runs on slow kernels: no transposed 3x3 at stride 1 left, and the
+    # NCHW copy's 1x1 convs are matrix products
+    ups = [b.token_mixer.up for b in fast.large.stages[3].blocks if b.token_mixer is not None]
+    assert all(type(up) is torch.nn.Conv2d for up in ups)
+    assert not any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) for m in fast.small.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
     with torch.no_grad():
         for batch in (1, 5):  # both sides of the NCHW / channels-last switch
