@@ -186,7 +186,7 @@ def test_original_poolformer_written_in_its_layout_loads_through_timms_converter
 
 
 def test_official_layout_is_refused_for_models_without_one(tmp_path):
-    with pytest.raises(ConvformerError, match="MetaFormer models only"):
+    with pytest.raises(ConvformerError, match="MetaFormer and LowFormer models only"):
         convformer.save_weights(convformer.create_model("cfsr_x2"), tmp_path / "x.pth", layout="official")
     assert not list(tmp_path.iterdir())
 
