@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import convformer
-from convformer.models.conformer_stream import StreamingConformer
+from convformer.asr.streaming import StreamingConformer
 
 
 def buffered_window(stream: StreamingConformer) -> int:
@@ -80,7 +80,7 @@ def run(models, seconds: float, chunks, repeats: int, threads: int | None, nemo:
             audio_s = len(best[0]) * chunk / 100
             modes = [("cache", best[0]), ("buffered", best[1])]
             if nemo and mult == 1:
-                from convformer.bench.nemo import build_nemo_encoder, nemo_cache_aware_stream
+                from convformer.asr.nemo_reference import build_nemo_encoder, nemo_cache_aware_stream
                 peer = build_nemo_encoder(model)
                 runs = []
                 for _ in range(repeats):

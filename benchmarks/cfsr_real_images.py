@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 import convformer
-from convformer.data.sr import BUNDLED_PHOTOS, bundled_photo
-from convformer.engine.sr import score_image
+from convformer.sr.data import BUNDLED_PHOTOS, bundled_photo
+from convformer.sr.task import score_image
 from convformer.weights.hub import local_weight_dirs
 
 

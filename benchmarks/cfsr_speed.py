@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from convformer.bench.runner import format_table, run_benchmark, write_report
-from convformer.models.cfsr import output_size_macs
+from convformer.sr.cfsr import output_size_macs
 
 VARIANTS = ["{m}", "{m}@fast", "{m}@fast-bf16", "onnx:{m}@official", "onnx:{m}"]
 

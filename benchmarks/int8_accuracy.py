@@ -17,9 +17,9 @@ import torch
 
 import convformer
 from convformer.cli.evaluate import model_from_weights
-from convformer.data.digits import DigitsDataset, load_digits_tensors
-from convformer.data.sr import BUNDLED_PHOTOS, bundled_photo
-from convformer.engine.sr import score_image
+from convformer.vision.digits import DigitsDataset, load_digits_tensors
+from convformer.sr.data import BUNDLED_PHOTOS, bundled_photo
+from convformer.sr.task import score_image
 from convformer.fileio import atomic_write
 from convformer.weights.hub import local_weight_dirs
 

@@ -30,8 +30,8 @@ from torch.utils.data import Subset
 from convformer import create_model, load_weights
 from convformer.bench import count_macs, count_params
 from convformer.bench.measure import interleaved
-from convformer.engine import TrainConfig
-from convformer.engine.tasks import ImageClassification
+from convformer.vision.config import TrainConfig
+from convformer.vision.task import ImageClassification
 from convformer.engine.train import train
 
 NANO = dict(depths=[2, 2, 4, 2], dims=[32, 64, 128, 192])

@@ -18,8 +18,8 @@ import torch
 
 import convformer
 from convformer.bench import count_params
-from convformer.engine.config import PoseTrainConfig
-from convformer.engine.pose import evaluate_sequences, load_split
+from convformer.pose.config import PoseTrainConfig
+from convformer.pose.task import evaluate_sequences, load_split
 from convformer.engine.train import train
 from convformer.weights import load_weights
 

@@ -1,4 +1,4 @@
 """``python -m convformer ...`` (and ``torchrun ... -m convformer train ...``): the command line."""
-from .cli import _entry
+from convformer.cli import _entry
 
 _entry()

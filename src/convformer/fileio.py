@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from .errors import ConvformerError
+from convformer.errors import ConvformerError
 
 # mkstemp creates files readable by the owner only; new files should get the usual umask-based mode.
 _UMASK = os.umask(0)

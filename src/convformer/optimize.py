@@ -1,34 +1,65 @@
 """``convformer.optimize``: the fast inference path in one call.
 
-For MetaFormer models it folds every per-channel affine op into its neighbouring linear layer (see
-``models/fold.py``); for LowFormer every BatchNorm into its convolution and runs batches channels-last
-(``models/lowformer_fast.py``); for the pose lifters it computes the dynamic convolutional attention's fused
-Q/K/V kernels once (instead of in every forward); for CFSR it returns the folded, stripe-by-stripe network of ``models/cfsr_fast.py``
-(``compile=True`` compiles the plain merged network instead). It optionally casts the weights to
-bfloat16 (inputs are cast on the way in, outputs back to float32 on the way out), or, for MetaFormers
-and CFSR, quantizes the Linear layers (of the stages; of the merged CFSR network) to int8 (dynamic: weights int8 per channel, activations
-quantized on the fly), and optionally wraps the result in ``torch.compile`` (the folded model is what
-gets compiled; inductor's weight freezing measured no faster on it, so it is not switched on).
+Each system registers the fast path of its model classes with :func:`register_fast_path` (in the
+system package's ``__init__``); this module knows none of them. What they do:
+
+- MetaFormer (``vision/fold.py``): every per-channel affine op folded into its neighbouring linear layer;
+  int8 quantizes the stages' Linear layers.
+- LowFormer (``vision/lowformer_fast.py``): BatchNorm folded into its convolution, batches channels-last;
+  compiled, one folded channels-last graph with inductor freezing.
+- CFSR (``sr/cfsr_fast.py``): the folded stripe-by-stripe network (the merged one when compiled or int8).
+- Pose lifters: the dynamic convolutional attention's fused Q/K/V kernels computed once.
+
+On top of that it optionally casts the weights to bfloat16 (inputs are cast on the way in, outputs back to
+float32 on the way out), quantizes dynamically to int8 (weights int8 per channel, activations quantized on
+the fly) where the model's fast path says which Linear layers, and wraps the result in ``torch.compile``.
 The returned model is a copy in eval mode; the original is untouched.
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
-from .errors import ConvformerError
-from .models.cfsr import CFSR
-from .models.cfsr_fast import FastCFSR
-from .models.fold import fold_metaformer, quantize_linears_int8
-from .models.lowformer import LowFormer
-from .models.lowformer_fast import FastLowFormer, fold_lowformer
-from .models.metaformer import MetaFormer
-from .models.pose import PoseLifter
+from convformer.errors import ConvformerError
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "int8": torch.qint8}
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """How one model class gets fast. ``prepare(copy, fold, compile, int8)`` turns a detached eval-mode copy
+    into the eager fast model (it may return another module); ``int8`` names the part whose Linear layers
+    int8 quantizes (None: the model has no int8 path); ``export`` gives the form an ONNX export should trace
+    (None: ``optimize(model)``)."""
+    prepare: Callable[[nn.Module, bool, bool, bool], nn.Module]
+    int8: Optional[Callable[[nn.Module], nn.Module]] = None
+    export: Optional[Callable[[nn.Module], nn.Module]] = None
+    compile_options: dict = field(default_factory=dict)
+
+
+_FAST_PATHS: dict[type, FastPath] = {}
+
+
+def register_fast_path(model_type: type, path: FastPath) -> None:
+    """Give ``model_type`` (and its subclasses) a fast path; systems call this when they are imported."""
+    _FAST_PATHS[model_type] = path
+
+
+def fast_path(model: nn.Module) -> Optional[FastPath]:
+    """The registered fast path of ``model``'s class (the nearest base class's), or None."""
+    for attempt in range(2):
+        for cls in type(model).__mro__:
+            if cls in _FAST_PATHS:
+                return _FAST_PATHS[cls]
+        if attempt == 0:  # a model built without the registry: load the systems by name, then look again
+            from convformer.registry import _ensure_loaded
+            _ensure_loaded()
+    return None
 
 
 def _cast_input(module, args):
@@ -47,40 +78,34 @@ def optimize(model: nn.Module, dtype: str | torch.dtype | None = None, compile: 
     """Return an inference-optimised copy of ``model``.
 
     dtype: None/"fp32" keeps float32; "bf16" runs in bfloat16 (fast on CPUs with AVX-512-BF16/AMX and
-    on recent GPUs), with float32 inputs and outputs; "int8" (MetaFormers, CPU, eager only) quantizes
-    the stages' Linear layers dynamically; it changes the logits slightly, so check accuracy with
-    ``output_agreement`` or ``engine.evaluate`` on real data first. compile: wrap in ``torch.compile``.
+    on recent GPUs), with float32 inputs and outputs; "int8" (MetaFormers and CFSR, CPU, eager only)
+    quantizes Linear layers dynamically; it changes the outputs slightly, so check accuracy with
+    ``output_agreement`` or an evaluation on real data first. compile: wrap in ``torch.compile``.
+    A model class without a registered fast path is only copied, cast and compiled.
     """
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ConvformerError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         dtype = DTYPES[dtype]
-    if dtype == torch.qint8 and (compile or not fold or not isinstance(model, (MetaFormer, CFSR))):
+    path = fast_path(model)
+    int8 = dtype == torch.qint8
+    if int8 and (compile or not fold or path is None or path.int8 is None):
         raise ConvformerError("dtype='int8' is implemented for MetaFormer classifiers and CFSR on the eager "
                               "path (not with compile=True or fold=False)")
     fast = copy.deepcopy(model).eval()
     for p in fast.parameters():
         p.requires_grad_(False)
-    if fold and isinstance(fast, MetaFormer):
-        fold_metaformer(fast)
-    elif fold and isinstance(fast, LowFormer):
-        # eager: a channels-last copy for batches, NCHW for single images; compiled: one folded
-        # channels-last graph whose weights inductor may treat as constants ("freezing"), which lets it
-        # prepack them and fuse each conv with its activation and residual add
-        fast = fold_lowformer(fast).to(memory_format=torch.channels_last) if compile else FastLowFormer(fast)
-    elif isinstance(fast, CFSR):
-        # int8 swaps modules, which the striped fast path (fused kernels) does not have: use the merged net
-        fast = fast.merge() if compile or not fold or dtype == torch.qint8 else FastCFSR(fast)
-    elif isinstance(fast, PoseLifter):
-        fast.fuse()
-    if dtype == torch.qint8:
-        quantize_linears_int8(fast.stages if isinstance(fast, MetaFormer) else fast)
+    if path is not None:
+        fast = path.prepare(fast, fold, compile, int8)
+    if int8:
+        from convformer.layers.folding import quantize_linears_int8
+        quantize_linears_int8(path.int8(fast))
     elif dtype is not None and dtype != torch.float32:
         fast = fast.to(dtype)
         fast.register_forward_pre_hook(_cast_input)
         fast.register_forward_hook(_cast_output)
     if compile:
-        fast = torch.compile(fast, options={"freezing": True} if isinstance(model, LowFormer) else None)
+        fast = torch.compile(fast, options=(path.compile_options or None) if path is not None else None)
     return fast
 
 
@@ -110,10 +135,10 @@ def output_agreement(reference: nn.Module, candidate: nn.Module, batches) -> dic
 
 
 def optimize_for_export(model: nn.Module) -> nn.Module:
-    """The fastest form that exports to ONNX: MetaFormers and LowFormers folded; CFSR merged (its striped fast path is
-    eager-only Python, which a graph export would unroll for one image size)."""
-    if isinstance(model, CFSR):
-        return optimize(model, fold=False)
-    if isinstance(model, LowFormer):  # the folded network alone: the batch-size switch is eager Python
-        return fold_lowformer(copy.deepcopy(model))
-    return optimize(model)  # pose lifters: the fused kernels must be constants in the graph
+    """The fastest form that exports to ONNX, as the model's fast path defines it (eager-only Python, such as
+    CFSR's striped path or LowFormer's batch-size switch, would be unrolled by a graph export); by default
+    ``optimize(model)``, whose precomputed tensors (e.g. the pose lifter's fused kernels) become constants."""
+    path = fast_path(model)
+    if path is not None and path.export is not None:
+        return path.export(model)
+    return optimize(model)

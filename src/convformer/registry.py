@@ -8,12 +8,13 @@ all read cards, so a number lives in one place.
 from __future__ import annotations
 
 import fnmatch
+import importlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
 from torch import nn
 
-from .errors import ConvformerError
+from convformer.errors import ConvformerError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -133,11 +134,16 @@ def create_model(name: str, pretrained: bool | str = False, **kwargs) -> nn.Modu
     model = builder(**kwargs)
     model.model_card = card
     if pretrained:
-        from .weights import load_pretrained
+        from convformer.weights import load_pretrained
         load_pretrained(model, card, pretrained)
     return model
 
 
+# The system packages; importing one registers its models and fast paths. They are named, not imported,
+# so the core depends on no system: the first lookup imports them (a new system adds its package here).
+SYSTEMS = ("convformer.vision", "convformer.sr", "convformer.pose", "convformer.asr")
+
+
 def _ensure_loaded() -> None:
-    # model files register themselves on import
-    from . import models  # noqa: F401
+    for module in SYSTEMS:
+        importlib.import_module(module)  # registers on first import; cached afterwards

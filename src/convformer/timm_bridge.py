@@ -14,8 +14,8 @@ import sys
 
 import torch
 
-from .errors import ConvformerError
-from .registry import create_model, list_models
+from convformer.errors import ConvformerError
+from convformer.registry import create_model, list_models
 
 #: timm reads entrypoint default configurations from the entrypoint's module under this name.
 default_cfgs: dict = {}

@@ -1,4 +1,4 @@
 """Measurement: parameter and MAC counts, timing, and side-by-side benchmarks against peers."""
-from .counts import count_macs, count_params
+from convformer.bench.counts import count_macs, count_params
 
 __all__ = ["count_macs", "count_params"]

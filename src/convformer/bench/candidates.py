@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConvformerError
-from ..optimize import optimize, optimize_for_export
-from ..registry import create_model, model_card
+from convformer.errors import ConvformerError
+from convformer.optimize import optimize, optimize_for_export
+from convformer.registry import create_model, model_card
 
 
 def _peer_timm(name: str):
@@ -87,9 +87,9 @@ def build_candidate(spec: str, img_size, threads: int | None, pretrained: bool =
     model = _peer_timm(base_name) if is_timm else \
         create_model(base_name, **({"pretrained": True} if pretrained else {})).eval()
     if onnx:
-        from ..export import export_onnx, onnx_session
+        from convformer.export import export_onnx, onnx_session
         if variant == "official":
-            from ..weights.hub import official_onnx
+            from convformer.weights.hub import official_onnx
             return _onnx_runner(onnx_session(official_onnx(model_card(base_name)), threads)), model, base_name
         if variant not in ("", "fast"):
             raise ConvformerError(f"unknown benchmark variant {spec!r} (see `convformer bench --help`)")

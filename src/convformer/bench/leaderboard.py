@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConvformerError
-from ..fileio import atomic_write
-from ..registry import list_models, model_card
-from .runner import run_benchmark
+from convformer.errors import ConvformerError
+from convformer.fileio import atomic_write
+from convformer.registry import list_models, model_card
+from convformer.bench.runner import run_benchmark
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,8 @@ def _reset_peak() -> bool:
 def measure_in_this_process(spec: str, img_size, batch: int, train: bool, threads: int | None,
                             pretrained: bool = False) -> dict:
     import torch
-    from .measure import training_step
-    from .candidates import build_candidate, parse_size, sample_shape
+    from convformer.bench.measure import training_step
+    from convformer.bench.candidates import build_candidate, parse_size, sample_shape
     if threads:
         torch.set_num_threads(threads)
     hw = parse_size(img_size)
@@ -71,7 +71,7 @@ def measure_peak_memory(spec: str, img_size, batch: int, train: bool = False,
                         threads: int | None = None, timeout: float = 900, pretrained: bool = False) -> dict:
     """Peak resident memory (MB) added by running ``spec`` on (batch, 3, H, W) inputs (``img_size``: N,
     (H, W) or "HxW"); measured in a child process."""
-    from .candidates import parse_size
+    from convformer.bench.candidates import parse_size
     h, w = parse_size(img_size)
     cmd = [sys.executable, "-m", "convformer.bench.memory", spec, "--img-size", f"{h}x{w}",
            "--batch", str(batch)] + (["--train"] if train else []) + (["--threads", str(threads)] if threads else []) \

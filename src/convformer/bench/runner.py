@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConvformerError
-from ..registry import model_card
-from .candidates import build_candidate, default_size, parse_size, sample_shape
-from .counts import count_macs, count_params
-from .measure import interleaved, matmul_ceiling, training_step
-from .memory import measure_peak_memory
+from convformer.errors import ConvformerError
+from convformer.registry import model_card
+from convformer.bench.candidates import build_candidate, default_size, parse_size, sample_shape
+from convformer.bench.counts import count_macs, count_params
+from convformer.bench.measure import interleaved, matmul_ceiling, training_step
+from convformer.bench.memory import measure_peak_memory
 
 
 def run_benchmark(specs: list[str], img_size=None, batch: int = 32, repeats: int = 5, warmup: int = 2,
@@ -107,7 +107,7 @@ def format_table(report: dict) -> str:
 
 
 def write_report(report: dict, json_path: str | os.PathLike, plot_path: str | os.PathLike | None = None) -> None:
-    from ..fileio import atomic_write
+    from convformer.fileio import atomic_write
     atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
     if plot_path:
         atomic_write(plot_path, lambda tmp: _plot(report, tmp))

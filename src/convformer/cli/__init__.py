@@ -1,27 +1,97 @@
-"""The ``convformer`` command: one sub-command per module in this package.
+"""The ``convformer`` command: the image commands (modules here) and each system's sub-commands.
 
-User-facing problems (ConvformerError) print one line and exit with code 2; ``--debug`` (anywhere on
-the command line) shows the full traceback instead.
+Exit codes: 0 success; 2 a usage error (unknown command or option, missing argument: the command's usage
+line and a close match, as click prints them) or a user-facing problem (ConvformerError: one line);
+130 interrupted; 1 a bug (an unexpected exception). ``--debug`` (anywhere on the command line) shows
+the full traceback instead of the one line.
 """
 from __future__ import annotations
 
+import dataclasses
+import re
 import sys
 
-import click
 import typer
 
-from ..errors import ConvformerError
+from convformer.cli import bench, evaluate, export, models, predict, train  # noqa: F401  (register commands)
+from convformer.cli.app import app
+from convformer.errors import ConvformerError
+from convformer.asr import cli as asr_cli
+from convformer.pose import cli as pose_cli
+from convformer.sr import cli as sr_cli
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Convolutional transformers: train, evaluate, predict and inspect models.")
+# each system's sub-commands, mounted under its name (the systems know nothing of this app)
+app.add_typer(sr_cli.app, name="sr")
+app.add_typer(pose_cli.app, name="pose")
+app.add_typer(asr_cli.app, name="asr")
 
 
-@app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")):
-    """convformer: MetaFormer-family models, exactly as the papers define them."""
+def _error_types():
+    """typer's (vendored) click exceptions, and click's own where an older typer uses it."""
+    usage, exits, aborts = [typer.TyperException], [typer.Exit], [typer.Abort]
+    try:
+        import click
+        usage.append(click.ClickException)
+        exits.append(click.exceptions.Exit)
+        aborts.append(click.exceptions.Abort)
+    except ImportError:  # pragma: no cover - typer without click installed
+        pass
+    return tuple(usage), tuple(exits), tuple(aborts)
 
 
-from . import asr, bench, evaluate, export, models, pose, predict, sr, train  # noqa: E402,F401  (register sub-commands)
+USAGE_ERRORS, EXITS, ABORTS = _error_types()
+_DEFAULT_NOTE = re.compile(r"\s*\[default: ([^\]]*)\]")
+
+
+def _show_value(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _config_defaults(callback) -> dict:
+    """The defaults of the configuration class a training command resolves (see ``options.trains``)."""
+    cls = getattr(callback, "config_class", None) or getattr(getattr(callback, "__wrapped__", None),
+                                                             "config_class", None)
+    if cls is None:
+        return {}
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            values[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            values[f.name] = f.default_factory()
+    return values
+
+
+def show_defaults(command) -> None:
+    """Make every option's help show its default. Options of training commands default to None (so that
+    the configuration can tell given flags apart); their real default is the configuration dataclass's,
+    shown from there. A help text's own "[default: ...]" note, which the rich help renderer would read as
+    markup and drop, becomes the shown default; other square brackets are escaped."""
+    for sub in getattr(command, "commands", {}).values():
+        show_defaults(sub)
+    defaults = _config_defaults(command.callback) if command.callback else {}
+    for param in command.params:
+        help_text = getattr(param, "help", None) or ""
+        note = _DEFAULT_NOTE.search(help_text)
+        if note:
+            help_text = _DEFAULT_NOTE.sub("", help_text)
+            if param.default is None:
+                param.show_default = note.group(1)
+        if param.default is None and defaults.get(param.name) is not None and not note:
+            param.show_default = _show_value(defaults[param.name])
+        if hasattr(param, "help"):
+            param.help = help_text.replace("[", r"\[")
+
+
+def build_command():
+    """The click command of the whole app, with its help defaults filled in."""
+    command = typer.main.get_command(app)
+    show_defaults(command)
+    return command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     try:
-        code = app(args=args, prog_name="convformer", standalone_mode=False)
-        if isinstance(code, int) and code:  # typer returns Exit codes (130 on Ctrl-C) instead of raising
+        code = build_command().main(args=args, prog_name="convformer", standalone_mode=False)
+        if isinstance(code, int) and code:  # Exit codes (130 on Ctrl-C) may come back instead of raising
             if code == 130:
                 print("interrupted", file=sys.stderr)
             return code
@@ -39,12 +109,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except click.exceptions.Exit as err:
+    except EXITS as err:
         return err.exit_code
-    except click.ClickException as err:
+    except USAGE_ERRORS as err:  # unknown command or option, missing argument: the usage line, exit 2
+        if debug:
+            raise
         err.show()
-        return 2
-    except (click.exceptions.Abort, KeyboardInterrupt):
+        return err.exit_code if isinstance(getattr(err, "exit_code", None), int) and err.exit_code else 2
+    except (*ABORTS, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:

@@ -5,9 +5,9 @@ from typing import List, Optional
 
 import typer
 
-from ..bench.runner import format_table, run_benchmark, write_report
-from ..errors import ConvformerError
-from . import app
+from convformer.bench.runner import format_table, run_benchmark, write_report
+from convformer.errors import ConvformerError
+from convformer.cli.app import app
 
 
 @app.command()
@@ -56,7 +56,7 @@ def bench(
 
 def _leaderboard(specs, img_size, batch, repeats, warmup, threads, output, png, progress) -> None:
     """The leaderboard: default entries unless specs are named; their published top-1 travels along."""
-    from ..bench.leaderboard import entry_for, format_leaderboard, run_leaderboard, write_leaderboard
+    from convformer.bench.leaderboard import entry_for, format_leaderboard, run_leaderboard, write_leaderboard
     entries = [entry_for(spec) for spec in specs] or None
     report = run_leaderboard(entries, img_size or 224, batch, repeats, warmup, threads, progress)
     typer.echo(format_leaderboard(report))

@@ -7,14 +7,16 @@ from typing import Optional
 import typer
 from torch.utils.data import DataLoader
 
-from ..data import build_image_data
-from ..engine import EvalConfig, build_config, evaluate
-from ..engine.evaluate import resolve_device
-from ..errors import ConvformerError
-from ..optimize import optimize
-from ..registry import create_model, model_card
-from ..weights import load_weights, read_state_dict
-from . import app
+from convformer.vision.data import build_image_data
+from convformer.engine import build_config
+from convformer.vision.config import EvalConfig
+from convformer.vision.evaluate import evaluate
+from convformer.engine.distributed import resolve_device
+from convformer.errors import ConvformerError
+from convformer.optimize import optimize
+from convformer.registry import create_model, model_card
+from convformer.weights import load_weights, read_state_dict
+from convformer.cli.app import app
 
 
 def model_from_weights(weights: str, model_name: Optional[str] = None, img_size: Optional[int] = None):

@@ -5,17 +5,17 @@ from typing import Optional
 
 import typer
 
-from ..errors import ConvformerError
-from ..export import export_onnx
-from ..optimize import optimize_for_export
-from ..registry import create_model, model_card
-from . import app
-from .evaluate import model_from_weights
+from convformer.errors import ConvformerError
+from convformer.export import export_onnx
+from convformer.optimize import optimize_for_export
+from convformer.registry import create_model, model_card
+from convformer.cli.app import app
+from convformer.cli.evaluate import model_from_weights
 
 
 def _task(model: Optional[str], weights: Optional[str]) -> str:
     """The task of the model named, or else of the one the weight file says it holds."""
-    from ..weights import read_state_dict
+    from convformer.weights import read_state_dict
     name = model or (read_state_dict(weights)[1].get("architecture", "") if weights else "")
     try:
         return model_card(name).task
@@ -38,9 +38,9 @@ def export(
     """Export to ONNX and check onnxruntime's outputs against PyTorch's."""
     task = _task(model, weights)
     if task == "speech":  # the streaming step, caches in and out
-        from ..engine.asr import load_asr, stream_chunk
-        from ..export.stream_onnx import export_stream_step
-        from ..models.conformer_stream import StreamingConformer
+        from convformer.asr.task import load_asr, stream_chunk
+        from convformer.asr.stream_onnx import export_stream_step
+        from convformer.asr.streaming import StreamingConformer
         net = load_asr(weights, model)[0] if weights else create_model(model).eval()
         chunk = stream_chunk(StreamingConformer(net.encoder), chunk_ms)
         result = export_stream_step(net, output, chunk, opset=opset, atol=atol)
@@ -49,7 +49,7 @@ def export(
                    f"|onnxruntime - PyTorch| over a streamed utterance = {result['max_abs_diff']:.2e}")
         return
     if task == "pose":
-        from .pose import load_lifter
+        from convformer.pose.cli import load_lifter
         net = load_lifter(weights, model)[0] if weights else create_model(model).eval()
         net = optimize_for_export(net)  # always: the fused attention kernels must be graph constants
         shape = net.model_card.input_size

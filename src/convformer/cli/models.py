@@ -5,9 +5,9 @@ import json
 
 import typer
 
-from ..errors import ConvformerError
-from ..registry import list_models, model_card
-from . import app
+from convformer.errors import ConvformerError
+from convformer.registry import list_models, model_card
+from convformer.cli.app import app
 
 
 @app.command()

@@ -8,12 +8,12 @@ from typing import List, Optional
 import torch
 import typer
 
-from ..data import eval_transform, open_image
-from ..errors import ConvformerError
-from ..registry import create_model
-from . import app
-from ..optimize import optimize
-from .evaluate import model_from_weights, preprocessing
+from convformer.vision.data import eval_transform, open_image
+from convformer.errors import ConvformerError
+from convformer.registry import create_model
+from convformer.cli.app import app
+from convformer.optimize import optimize
+from convformer.cli.evaluate import model_from_weights, preprocessing
 
 
 def imagenet_classes() -> list[str]:

@@ -10,15 +10,17 @@ from typing import Optional
 
 import typer
 
-from ..engine import TrainConfig
-from ..errors import ConvformerError
-from ..engine.presets import PRESETS
-from . import app, options
+from convformer.vision.config import TrainConfig
+from convformer.errors import ConvformerError
+from convformer.vision.presets import PRESETS
+from convformer.cli.app import app
+from convformer.engine import options
 
 _PRESET_HELP = "Recipe: " + "; ".join(f"{k} ({v})" for k, v in PRESETS.items()) + "."
 
 
 @app.command()
+@options.trains(TrainConfig)
 def train(
     model: Optional[str] = typer.Option(None, help="Registered model name [default: convformer_nano]."),
     data: Optional[str] = typer.Option(None, help="'digits' (built in) or a folder with train/ and val/."),
@@ -30,7 +32,7 @@ def train(
     lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: 2e-3]."),
     lr_base_batch: Optional[int] = typer.Option(None, help="--lr is for this global batch; scale linearly."),
     optimizer: Optional[str] = typer.Option(None, help="adamw or lamb [default: adamw]."),
-    weight_decay: Optional[float] = typer.Option(None, help="Weight decay (not on norms/biases/scales) [0.05]."),
+    weight_decay: Optional[float] = typer.Option(None, help="Weight decay (not on norms/biases/scales)."),
     warmup_epochs: Optional[float] = typer.Option(None, help="Linear warm-up epochs [default: 3]."),
     min_lr: options.MinLr = None,
     label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing [default: 0.1]."),

@@ -48,7 +48,6 @@ def setup(device_name: str) -> tuple[Dist, torch.device]:
     """Initialise the process group if launched by torchrun; return (Dist, this process's device)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        from .evaluate import resolve_device
         return Dist(), resolve_device(device_name)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device_name != "cpu"
@@ -65,3 +64,9 @@ def setup(device_name: str) -> tuple[Dist, torch.device]:
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -12,7 +12,7 @@ class ModelEma:
 
     def __init__(self, model: nn.Module, decay: float):
         if not 0.0 < decay < 1.0:
-            from ..errors import ConvformerError
+            from convformer.errors import ConvformerError
             raise ConvformerError(f"--ema-decay must be between 0 and 1, got {decay}")
         self.decay = decay
         self.module = copy.deepcopy(model).eval()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..fileio import atomic_write
+from convformer.fileio import atomic_write
 
 
 def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> list[int]:

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConvformerError
-from ..weights.io import read_state_dict, save_state_dict
+from convformer.errors import ConvformerError
+from convformer.weights.io import read_state_dict, save_state_dict
 
 KIND = "convformer-train-state-v1"
 

@@ -5,21 +5,18 @@ optimizer and schedule, EMA, mixed precision, checkpoints and exact resume, NaN 
 and logs. A task supplies the rest: its data sets, the model's extra arguments, the loss, one running
 training statistic, and the validation metrics with the one that picks ``best.safetensors``.
 
-Tasks: :class:`ImageClassification` (here), ``engine.pose.PoseLifting`` and ``engine.asr.SpeechRecognition``.
+Each system brings its own task (``vision.task.ImageClassification``, ``sr.task.SuperResolution``,
+``pose.task.PoseLifting``, ``asr.task.SpeechRecognition``) through its configuration's ``task()`` method.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import ConvformerError
-from .evaluate import evaluate
-from .metrics import topk_correct
-from .sampler import mix_seed, seeded
+from convformer.errors import ConvformerError
 
 
 @dataclass
@@ -30,10 +27,11 @@ class TaskData:
     resolved: dict = field(default_factory=dict)         # added to the run's config.json
     meta: dict = field(default_factory=dict)             # string metadata stored in every weight file
     collate: Optional[Callable] = None                   # batches items of different sizes (None: stack)
+    val_collate: Optional[Callable] = None               # the validation set's, where it differs (None: collate)
 
 
 class Task:
-    """Interface; see :class:`ImageClassification` for a complete example."""
+    """Interface; see ``convformer.vision.task.ImageClassification`` for a complete example."""
     name = "task"
     train_stat = "stat"          # the running statistic logged as train_<name>
     val_metrics: tuple = ()      # validation metrics logged as val_<name> (and ema_val_<name>)
@@ -83,70 +81,3 @@ def model_options(cfg, task_kwargs: dict) -> dict:
         raise ConvformerError(f"model_kwargs may not set {taken}: the data or a flag sets them "
                               "(--num-classes, --img-size, --drop-path-rate, --head-dropout)")
     return extra
-
-
-class ImageClassification(Task):
-    name = "classification"
-    train_stat = "top1"
-    val_metrics = ("top1", "top5")
-    best_metric = "top1"
-
-    def build(self, cfg, progress: bool) -> TaskData:
-        from ..data import build_image_data
-        from ..registry import model_card
-        card = model_card(cfg.model)
-        if card.task != "classification":
-            command = {"pose": "`convformer pose train`", "super-resolution": "`convformer sr train`"}.get(
-                card.task, "its own command (speech: not in the CLI yet, see docs/asr.md)")
-            raise ConvformerError(f"{cfg.model} is a {card.task} model; train it with {command}")
-        img_size = cfg.img_size or (32 if cfg.data == "digits" else card.input_size[-1])
-        pre = card.preprocessing
-        data = build_image_data(cfg.data, img_size, mean=pre.get("mean"), std=pre.get("std"),
-                                crop_pct=pre.get("crop_pct", 1.0), interpolation=pre.get("interpolation", "bicubic"),
-                                randaugment=cfg.randaugment, random_erasing=cfg.random_erasing, scan=True,
-                                skip_bad_images=cfg.skip_bad_images, progress=progress)
-        num_classes = len(data.classes)
-        if cfg.num_classes is not None and cfg.num_classes != num_classes:
-            raise ConvformerError(f"--num-classes {cfg.num_classes} but {cfg.data} has {num_classes} classes")
-        self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        self.mixup = None
-        if cfg.mixup > 0 or cfg.cutmix > 0:  # soft targets (smoothing applied by Mixup itself)
-            from timm.data import Mixup
-            from timm.loss import SoftTargetCrossEntropy
-            self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
-                               num_classes=num_classes)
-            self.loss_fn = SoftTargetCrossEntropy()
-        kwargs = dict(num_classes=num_classes, img_size=img_size, drop_path_rate=cfg.drop_path_rate,
-                      drop_rate=cfg.head_dropout)
-        extra = model_options(cfg, kwargs)
-        meta = {"classes": json.dumps(data.classes), "mean": json.dumps(list(data.mean)),
-                "std": json.dumps(list(data.std)), "img_size": str(img_size)}
-        if extra:  # so that evaluate/predict/export rebuild the same network from the weight file
-            meta["model_kwargs"] = json.dumps(extra)
-        return TaskData(data.train, data.val, {**kwargs, **extra},
-                        resolved={"img_size": img_size, "classes": data.classes}, meta=meta)
-
-    def prepare(self, batch, cfg, device, seed_parts: tuple):
-        images, target = batch
-        images, target = images.to(device), target.to(device)
-        labels = target
-        if self.mixup is not None:
-            with seeded(mix_seed(*seed_parts, 7)):
-                images, labels = self.mixup(images, target)
-        if cfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images, labels, target
-
-    def loss(self, output, target):
-        return self.loss_fn(output.float(), target)
-
-    def statistic(self, output, target) -> float:
-        return 100.0 * topk_correct(output.detach(), target, ks=(1,))[0]
-
-    def evaluate(self, model, loader, device) -> dict:
-        return evaluate(model, loader, device)
-
-    def summary(self, row: dict) -> str:
-        ema = f"  EMA top-1 {row['ema_val_top1']:6.2f}%" if "ema_val_top1" in row else ""
-        return (f"train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
-                f"val top-1 {row['val_top1']:6.2f}%{ema}")

@@ -1,4 +1,4 @@
 """Export to ONNX, verified in onnxruntime."""
-from .onnx import export_onnx, onnx_session
+from convformer.export.onnx import export_onnx, onnx_session
 
 __all__ = ["export_onnx", "onnx_session"]

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ConvformerError
-from ..fileio import atomic_write
+from convformer.errors import ConvformerError
+from convformer.fileio import atomic_write
 
 
 def onnx_session(path: str | os.PathLike, threads: int | None = None):

@@ -6,15 +6,15 @@ lifter's dynamic convolutional attention, named in ``SEQUENCE_MIXERS``) map toke
 first and ignores keyword arguments it does not use, so a model can pass every mixer the same context
 (``stage_stride``, ``num_tokens``, ...).
 """
-from .attention import AttentionMixer
-from .convmod import ConvModMixer
-from .dynamic_conv_attention import DynamicConv1d, DynamicConvAttention
-from .flattened import FlattenedImageMixer
-from .identity import IdentityMixer
-from .lowtention import LowtentionMixer
-from .pooling import PoolingMixer
-from .random_mixing import RandomMixer
-from .sepconv import SepConvMixer
+from convformer.mixers.attention import AttentionMixer
+from convformer.mixers.convmod import ConvModMixer
+from convformer.mixers.dynamic_conv_attention import DynamicConv1d, DynamicConvAttention
+from convformer.mixers.flattened import FlattenedImageMixer
+from convformer.mixers.identity import IdentityMixer
+from convformer.mixers.lowtention import LowtentionMixer
+from convformer.mixers.pooling import PoolingMixer
+from convformer.mixers.random_mixing import RandomMixer
+from convformer.mixers.sepconv import SepConvMixer
 
 MIXERS = {"identity": IdentityMixer, "pool": PoolingMixer, "random": RandomMixer, "sepconv": SepConvMixer,
           "attention": AttentionMixer, "dynamic_conv_attention": DynamicConvAttention, "lowtention": LowtentionMixer,

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConvformerError
+from convformer.errors import ConvformerError
 
 
 class DynamicConv1d(nn.Module):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 import torch.fx
 
-from ..errors import ConvformerError
+from convformer.errors import ConvformerError
 
 
 def _check_tokens(x: torch.Tensor, num_tokens: int, image_size: int, stride: int) -> None:

@@ -6,7 +6,7 @@ The MobileNetV2 inverted separable conv: pointwise expand (x2, no bias) -> StarR
 import torch
 from torch import nn
 
-from ..layers.activations import StarReLU
+from convformer.layers.activations import StarReLU
 
 
 class SepConvMixer(nn.Module):

@@ -5,10 +5,10 @@ import os
 
 from torch import nn
 
-from ..errors import ConvformerError
-from .convert import adapt_first_conv, drop_classifier, match_shapes, to_official, to_our_names, to_timm
-from .hub import resolve_pretrained
-from .io import read_state_dict, save_state_dict
+from convformer.errors import ConvformerError
+from convformer.weights.convert import adapt_first_conv, drop_classifier, match_shapes, to_official, to_our_names, to_timm
+from convformer.weights.hub import resolve_pretrained
+from convformer.weights.io import read_state_dict, save_state_dict
 
 __all__ = ["save_weights", "load_weights", "load_pretrained", "to_timm", "to_official", "read_state_dict",
            "save_state_dict"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import ConvformerError
+from convformer.errors import ConvformerError
 
 
 def resolve_pretrained(card, pretrained) -> tuple[str, int | None]:

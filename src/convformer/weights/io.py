@@ -16,8 +16,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..errors import ConvformerError
-from ..fileio import atomic_write
+from convformer.errors import ConvformerError
+from convformer.fileio import atomic_write
 
 WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "params")
 

@@ -1,0 +1,159 @@
+"""`convformer asr`: train and evaluate streaming Conformer CTC models, transcribe audio files.
+
+    convformer asr train [--model conformer_ctc_xs] [--data bundled|FOLDER] [--epochs 40]
+    convformer asr eval runs/<run>/best.safetensors [--stream] [--chunk-ms 320] [--output report.json]
+    convformer asr transcribe speech.wav --weights best.safetensors [--stream --chunk-ms 320]
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from convformer.asr.config import AsrTrainConfig
+from convformer.errors import ConvformerError
+from convformer.engine import options
+
+app = typer.Typer(no_args_is_help=True, help="Speech recognition: train/evaluate CTC Conformers, transcribe.")
+
+
+@app.command("train")
+@options.trains(AsrTrainConfig)
+def train_cmd(
+    model: Optional[str] = typer.Option(None, help="Speech model [default: conformer_ctc_xs]."),
+    data: Optional[str] = typer.Option(None, help="'bundled' (the espeak-ng corpus, data/speech) [default] or a "
+                                                  "folder with NeMo-style manifests."),
+    train_manifest: Optional[str] = typer.Option(None, help="Training manifest in the folder."),
+    val_manifest: Optional[str] = typer.Option(None, help="Validation manifest in the folder."),
+    vocab: Optional[str] = typer.Option(None, help="'chars' [default] or a SentencePiece .model file."),
+    spec_augment: Optional[bool] = typer.Option(None, "--spec-augment/--no-spec-augment",
+                                                help="SpecAugment on training features [default: on]."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs [default: 40]."),
+    batch_size: Optional[int] = typer.Option(None, help="Utterances per batch and process [default: 16]."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: 2e-3]."),
+    weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay [default: 1e-3]."),
+    warmup_epochs: Optional[float] = typer.Option(None, help="Linear warm-up epochs [default: 2]."),
+    lr_schedule: Optional[str] = typer.Option(None, help="cosine [default] or exponential."),
+    lr_decay: Optional[float] = typer.Option(None, help="Per-epoch factor of the exponential schedule."),
+    ema_decay: Optional[float] = typer.Option(None, help="Keep an EMA of the weights (e.g. 0.999)."),
+    pretrained: Optional[str] = typer.Option(None, help="Weight file to start from (ours or NeMo's layout)."),
+    min_lr: options.MinLr = None,
+    accum_steps: options.AccumSteps = None,
+    grad_clip: options.GradClip = None,
+    precision: options.Precision = None,
+    checkpoint_every: options.CheckpointEvery = None,
+    resume: options.Resume = None,
+    skip_nonfinite: options.SkipNonfinite = None,
+    deterministic: options.Deterministic = None,
+    tensorboard: options.Tensorboard = None,
+    seed: options.Seed = None,
+    workers: options.Workers = None,
+    threads: options.Threads = None,
+    device: options.Device = None,
+    output: options.Output = None,
+    name: options.Name = None,
+    config: options.Config = None,
+    quiet: options.Quiet = False,
+):
+    """Train a CTC Conformer (SpecAugment, AdamW, cosine); run folder, resume and DDP as `convformer train`."""
+    flags = {k: v for k, v in locals().items() if k not in ("config", "quiet")}
+    cfg, result = options.run_training_command(AsrTrainConfig, config, flags, quiet)
+    if not result["main"] or result.get("val_cer") is None:
+        return
+    typer.echo(f"{cfg.model} on {cfg.data}: val CER {result['val_cer']:.2f}%, WER {result['val_wer']:.2f}% "
+               f"(best CER {result['best_cer']:.2f}%, {result['val_count']} utterances) after {result['epochs']} "
+               f"epochs in {result['seconds']:.0f}s")
+    typer.echo(f"run folder: {result['folder']}")
+
+
+def _streamer(net, context: Optional[str]):
+    from convformer.asr.streaming import StreamingConformer
+    if context:
+        try:
+            pair = tuple(int(v) for v in context.split(","))
+        except ValueError:
+            raise ConvformerError(f"--context takes LEFT,RIGHT (e.g. 32,3), not {context!r}") from None
+        net.encoder.set_context(pair)
+    return StreamingConformer(net.encoder)
+
+
+@app.command("eval")
+def eval_cmd(
+    weights: str = typer.Argument(..., help="Weight file from `asr train` (or a NeMo .nemo with characters)."),
+    model: Optional[str] = typer.Option(None, help="Model name, if the file does not say."),
+    data: str = typer.Option("bundled", help="'bundled' or a folder with the manifest."),
+    manifest: str = typer.Option("test.jsonl", help="Manifest to score, inside the data folder."),
+    stream: bool = typer.Option(False, "--stream", help="Also decode through the cache-aware streaming encoder."),
+    chunk_ms: Optional[float] = typer.Option(None, help="Streaming chunk in ms [default: the model's smallest]."),
+    context: Optional[str] = typer.Option(None, help="Attention context LEFT,RIGHT of a multi-latency model."),
+    batch_size: int = typer.Option(32, help="Utterances per batch."),
+    output: Optional[str] = typer.Option(None, help="Also write the scores and transcripts to this JSON file."),
+):
+    """CER and WER on a manifest, offline (and streaming, whose transcripts must be identical)."""
+    import torch
+    from convformer.asr.data import FrontendConfig, LogMelFrontend
+    from convformer.asr.task import (Utterances, collate_utterances, decode_batch, load_asr, read_manifest, resolve_data,
+                              stream_chunk)
+    from convformer.asr.ctc import error_rates
+    from convformer.fileio import atomic_write
+    net, vocab = load_asr(weights, model)
+    streamer = _streamer(net, context) if stream or context else None
+    chunk = stream_chunk(streamer, chunk_ms) if stream else 0
+    utts = Utterances(read_manifest(resolve_data(data) / manifest), vocab, LogMelFrontend(FrontendConfig()).eval())
+    loader = torch.utils.data.DataLoader(utts, batch_size=batch_size, collate_fn=collate_utterances)
+    modes = ["offline"] + (["streaming"] if stream else [])
+    hyps = {m: [] for m in modes}
+    for feats, lengths, *_ in loader:
+        hyps["offline"] += decode_batch(net, vocab, feats, lengths)
+        if stream:
+            hyps["streaming"] += decode_batch(net, vocab, feats, lengths, streamer, chunk)
+    report = {"weights": weights, "manifest": manifest, "context": list(net.encoder.att_context),
+              "chunk_ms": chunk * 10 if stream else None}
+    for m in modes:
+        rates = error_rates(utts.texts, hyps[m])
+        report[m] = {"cer": 100 * rates["cer"], "wer": 100 * rates["wer"], "utterances": rates["utterances"]}
+        typer.echo(f"{m:<10} CER {100 * rates['cer']:6.2f}%  WER {100 * rates['wer']:6.2f}%  "
+                   f"({rates['utterances']} utterances)")
+    if stream:
+        same = sum(a == b for a, b in zip(hyps["offline"], hyps["streaming"]))
+        report["identical_transcripts"] = same
+        typer.echo(f"streaming transcripts identical to offline: {same}/{len(utts)}")
+    if output:
+        report["transcripts"] = [{"ref": r, **{m: hyps[m][i] for m in modes}} for i, r in enumerate(utts.texts)]
+        atomic_write(output, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
+        typer.echo(f"wrote {output}")
+
+
+@app.command("transcribe")
+def transcribe_cmd(
+    audio: list[str] = typer.Argument(..., help="WAV/FLAC files (any sample rate; resampled to 16 kHz)."),
+    weights: str = typer.Option(..., help="Weight file from `asr train` (or a NeMo .nemo with characters)."),
+    model: Optional[str] = typer.Option(None, help="Model name, if the file does not say."),
+    stream: bool = typer.Option(False, "--stream", help="Feed the encoder chunk by chunk, printing partial "
+                                                        "hypotheses as they arrive."),
+    chunk_ms: Optional[float] = typer.Option(None, help="Streaming chunk in ms [default: the model's smallest]."),
+    context: Optional[str] = typer.Option(None, help="Attention context LEFT,RIGHT of a multi-latency model."),
+):
+    """Print the transcript of each file (with --stream: partial hypotheses, latency and real-time factor)."""
+    from convformer.asr.data import FrontendConfig, LogMelFrontend, load_audio
+    from convformer.asr.task import decode_batch, load_asr, stream_chunk, transcribe_stream
+    net, vocab = load_asr(weights, model)
+    frontend = LogMelFrontend(FrontendConfig()).eval()
+    streamer = _streamer(net, context) if stream or context else None
+    chunk = stream_chunk(streamer, chunk_ms) if stream else 0
+    for path in audio:
+        feats, lengths = frontend(load_audio(path, frontend.cfg.sample_rate))
+        if not stream:
+            typer.echo(f"{path}: {decode_batch(net, vocab, feats, lengths)[0]}")
+            continue
+        typer.echo(f"{path} (streaming, {chunk * 10} ms chunks, look-ahead "
+                   f"{streamer.latency_frames * net.cfg.frame_ms:.0f} ms):")
+        result = transcribe_stream(net, vocab, feats[0], chunk, streamer,
+                                   on_partial=lambda t, text: typer.echo(f"  [{t:5.2f} s] {text}"))
+        steps = result["step_seconds"]
+        seconds = feats.shape[1] / 100
+        typer.echo(f"  final: {result['text']}")
+        typer.echo(f"  {len(steps)} steps, {1000 * sum(steps) / len(steps):.1f} ms mean / "
+                   f"{1000 * max(steps):.1f} ms worst per step, real-time factor {sum(steps) / seconds:.3f}")

@@ -1,0 +1,30 @@
+"""`convformer asr train`: the speech model's training configuration."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from convformer.engine.config import EngineOptions
+
+
+@dataclass
+class AsrTrainConfig(EngineOptions):
+    """`convformer asr train`: the engine's options plus the speech data's."""
+    model: str = "conformer_ctc_xs"
+    data: str = "bundled"                # "bundled" (the espeak-ng corpus in data/speech) or a folder of manifests
+    train_manifest: str = "train.jsonl"  # NeMo-style manifests (audio_filepath, text) inside the data folder
+    val_manifest: str = "test.jsonl"
+    vocab: str = "chars"                 # "chars" or a SentencePiece .model file
+    spec_augment: bool = True            # SpecAugment on training features
+    epochs: int = 40
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-3
+    warmup_epochs: float = 2.0
+    min_lr: float = 1e-5
+    lr_schedule: str = "cosine"
+    lr_decay: float = 0.95
+
+    def task(self):
+        from convformer.asr.task import SpeechRecognition
+        return SpeechRecognition()

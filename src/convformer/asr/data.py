@@ -1,0 +1,211 @@
+"""Speech front end: audio files, log-mel features with NeMo's conventions, SpecAugment, vocabularies.
+
+The features follow NVIDIA NeMo's ``AudioToMelSpectrogramPreprocessor`` defaults so that encoders trained
+in NeMo see the input they were trained on: pre-emphasis 0.97 (zero beyond the audio's length), a
+symmetric Hann window of 25 ms, 10 ms hop, n_fft 512, centred STFT with zero padding, power spectrum,
+Slaney-style mel filterbank (80 bands, 0 Hz to Nyquist, area-normalised), log(x + 2^-24), each mel band
+normalised to zero mean and unit standard deviation over the utterance's valid frames, frames beyond the
+length zeroed. An utterance of n samples gives n // hop frames (NeMo drops the STFT's last frame).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from convformer.errors import ConvformerError
+
+STD_GUARD = 1e-5
+
+
+# ---- mel filterbank (Slaney's Auditory Toolbox scale, as librosa's default) ---------------------------
+# Slaney mel scale: linear below 1 kHz (3 mels per 200 Hz), then 27 mels per factor 6.4 in frequency
+_HZ_PER_MEL = 200.0 / 3
+_LOG_HZ = 1000.0
+_LOG_MEL = _LOG_HZ / _HZ_PER_MEL
+_LOG_STEP = math.log(6.4) / 27.0
+
+
+def hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    hz = np.asarray(hz, dtype=np.float64)
+    return np.where(hz >= _LOG_HZ, _LOG_MEL + np.log(np.maximum(hz, 1e-10) / _LOG_HZ) / _LOG_STEP, hz / _HZ_PER_MEL)
+
+
+def mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    return np.where(mel >= _LOG_MEL, _LOG_HZ * np.exp(_LOG_STEP * (mel - _LOG_MEL)), mel * _HZ_PER_MEL)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
+    """(n_mels, n_fft // 2 + 1) triangular filters equally spaced on the mel scale, each scaled by
+    2 / (bandwidth in Hz) so every filter has the same area ("slaney" normalisation)."""
+    fmax = sample_rate / 2 if fmax is None else fmax
+    bins = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    widths = np.diff(edges)
+    ramps = edges[:, None] - bins[None, :]
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    fb = np.maximum(0, np.minimum(lower, upper))
+    return (fb * (2.0 / (edges[2:] - edges[:-2]))[:, None]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    sample_rate: int = 16000
+    n_mels: int = 80
+    window_ms: float = 25.0
+    hop_ms: float = 10.0
+    n_fft: int = 512
+    preemph: float = 0.97
+    log_guard: float = 2 ** -24
+    normalize: str = "per_feature"          # or "none"
+    dither: float = 1e-5                    # training only
+
+
+class LogMelFrontend(nn.Module):
+    """Waveforms (B, samples) + lengths -> features (B, frames, n_mels) + frame counts."""
+
+    def __init__(self, cfg: FrontendConfig = FrontendConfig()):
+        super().__init__()
+        self.cfg = cfg
+        self.win = int(round(cfg.sample_rate * cfg.window_ms / 1000))
+        self.hop = int(round(cfg.sample_rate * cfg.hop_ms / 1000))
+        self.register_buffer("window", torch.hann_window(self.win, periodic=False), persistent=False)
+        self.register_buffer("fb", torch.from_numpy(mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels)),
+                             persistent=False)
+
+    def num_frames(self, samples: torch.Tensor) -> torch.Tensor:
+        return torch.div(samples, self.hop, rounding_mode="floor")
+
+    @torch.no_grad()
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None):
+        if audio.dim() == 1:
+            audio = audio.unsqueeze(0)
+        b, n = audio.shape
+        lengths = torch.full((b,), n, dtype=torch.long, device=audio.device) if lengths is None else lengths.long()
+        frames = self.num_frames(lengths)
+        x = audio.float()
+        if self.training and self.cfg.dither > 0:
+            x = x + self.cfg.dither * torch.randn_like(x)
+        if self.cfg.preemph:
+            x = torch.cat([x[:, :1], x[:, 1:] - self.cfg.preemph * x[:, :-1]], dim=1)
+            x = x.masked_fill(torch.arange(n, device=x.device).unsqueeze(0) >= lengths.unsqueeze(1), 0.0)
+        spec = torch.stft(x, self.cfg.n_fft, self.hop, self.win, window=self.window, center=True,
+                          pad_mode="constant", return_complex=True)
+        power = torch.view_as_real(spec).pow(2).sum(-1)          # |X|^2: magnitude, then squared
+        mel = torch.log(self.fb @ power + self.cfg.log_guard)     # (B, n_mels, T)
+        valid = torch.arange(mel.shape[-1], device=x.device).unsqueeze(0) < frames.unsqueeze(1)
+        if self.cfg.normalize == "per_feature":
+            count = valid.sum(1, keepdim=True).unsqueeze(1).float()
+            mean = torch.where(valid.unsqueeze(1), mel, 0.0).sum(2, keepdim=True) / count
+            var = torch.where(valid.unsqueeze(1), mel - mean, 0.0).pow(2).sum(2, keepdim=True) / (count - 1)
+            std = torch.nan_to_num(var.sqrt(), nan=0.0, posinf=0.0) + STD_GUARD
+            mel = (mel - mean) / std
+        mel = mel.masked_fill(~valid.unsqueeze(1), 0.0)
+        width = int(frames.max()) if b else 0
+        return mel[:, :, :width].transpose(1, 2).contiguous(), frames
+
+
+class SpecAugment(nn.Module):
+    """Park et al.: zero ``freq_masks`` bands of up to ``freq_width`` mels and ``time_masks`` spans of up
+    to ``time_width`` (a fraction of the utterance) frames; training only. Features (B, T, F)."""
+
+    def __init__(self, freq_masks: int = 2, freq_width: int = 27, time_masks: int = 10, time_width: float = 0.05):
+        super().__init__()
+        self.freq_masks, self.freq_width = freq_masks, freq_width
+        self.time_masks, self.time_width = time_masks, time_width
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        x = x.clone()
+        b, t, f = x.shape
+        for i in range(b):
+            n = int(lengths[i])
+            for _ in range(self.freq_masks):
+                w = int(torch.randint(0, self.freq_width + 1, ()))
+                s = int(torch.randint(0, max(1, f - w + 1), ()))
+                x[i, :, s:s + w] = 0.0
+            span = max(1, int(self.time_width * n))
+            for _ in range(self.time_masks):
+                w = int(torch.randint(0, span + 1, ()))
+                s = int(torch.randint(0, max(1, n - w + 1), ()))
+                x[i, s:s + w, :] = 0.0
+        return x
+
+
+# ---- audio files -----------------------------------------------------------------------------------------
+def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> torch.Tensor:
+    """A mono float waveform at ``sample_rate`` from WAV/FLAC/OGG (any rate; resampled polyphase)."""
+    try:
+        import soundfile as sf
+    except ImportError:
+        raise ConvformerError("reading audio needs soundfile: pip install soundfile") from None
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ConvformerError(f"{path}: no such audio file")
+    try:
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as err:  # noqa: BLE001 - libsndfile reports every unreadable file this way
+        raise ConvformerError(f"{path} is not a readable audio file ({err}); use WAV or FLAC") from None
+    if data.shape[0] == 0:
+        raise ConvformerError(f"{path} holds no audio samples")
+    data = data.mean(axis=1)
+    if rate != sample_rate:
+        from scipy.signal import resample_poly
+        g = math.gcd(int(rate), int(sample_rate))
+        data = resample_poly(data, sample_rate // g, int(rate) // g).astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(data))
+
+
+# ---- vocabularies ----------------------------------------------------------------------------------------
+class CharVocabulary:
+    """Lower-case letters, space and apostrophe (28 symbols); CTC's blank is index ``len(vocab)``."""
+
+    def __init__(self, symbols: str = " abcdefghijklmnopqrstuvwxyz'"):
+        self.symbols = list(symbols)
+        self.index = {s: i for i, s in enumerate(self.symbols)}
+
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+    def normalize(self, text: str) -> str:
+        text = "".join(c if c in self.index else " " for c in text.lower())
+        return " ".join(text.split())
+
+    def encode(self, text: str) -> list[int]:
+        return [self.index[c] for c in self.normalize(text)]
+
+    def decode(self, ids) -> str:
+        return "".join(self.symbols[i] for i in ids if 0 <= i < len(self.symbols))
+
+
+class SentencePieceVocabulary:
+    """A trained SentencePiece model (``.model`` file) as the CTC vocabulary."""
+
+    def __init__(self, model_file: str | os.PathLike):
+        try:
+            import sentencepiece as spm
+        except ImportError:
+            raise ConvformerError("a SentencePiece vocabulary needs sentencepiece: pip install sentencepiece") from None
+        if not os.path.exists(model_file):
+            raise ConvformerError(f"{model_file}: no such SentencePiece model")
+        self.model_file = os.path.abspath(model_file)
+        self.sp = spm.SentencePieceProcessor(model_file=self.model_file)
+
+    def __len__(self) -> int:
+        return self.sp.get_piece_size()
+
+    def normalize(self, text: str) -> str:
+        return " ".join(text.lower().split())
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(self.normalize(text))
+
+    def decode(self, ids) -> str:
+        return self.sp.decode([int(i) for i in ids])

@@ -1,0 +1,53 @@
+"""NVIDIA NeMo as a peer: its ``ConformerEncoder`` built from one of our models, and its cache-aware stream.
+
+Only imported where NeMo is installed (``pip install -e '.[nemo]'``); the parity tests and
+``benchmarks/asr_stream_speed.py --nemo`` use it.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from convformer.asr.nemo import config_to_nemo, to_nemo
+
+
+def build_nemo_encoder(model):
+    """NeMo's ConformerEncoder with the configuration and weights of our ConformerCTC ``model`` (eval mode)."""
+    from nemo.collections.asr.modules.conformer_encoder import ConformerEncoder
+    cfg = model.cfg
+    nemo = ConformerEncoder(**config_to_nemo(cfg)).eval()
+    state = {k[len("encoder."):]: v for k, v in to_nemo(model.state_dict(), cfg.subsampling, with_head=False).items()}
+    missing, unexpected = nemo.load_state_dict(state, strict=False)
+    if unexpected or any(not k.endswith("pos_enc.pe") for k in missing):
+        raise RuntimeError(f"NeMo encoder does not take our weights: missing {missing}, unexpected {unexpected}")
+    nemo.set_default_att_context_size(list(model.encoder.att_context))
+    return nemo
+
+
+@torch.no_grad()
+def nemo_cache_aware_stream(nemo, feats: torch.Tensor):
+    """Stream (B, feat_in, T) features through NeMo's ``cache_aware_stream_step`` as its streaming buffer does
+    (the first chunk alone, later chunks behind the previous pre-encode cache frames). Returns the encoded
+    frames (B, T', d_model) and the seconds each step took."""
+    nemo.setup_streaming_params()
+    sc = nemo.streaming_cfg
+    total, b = feats.shape[-1], feats.shape[0]
+    cache_ch, cache_t, cache_len = nemo.get_initial_cache_state(batch_size=b)
+    outs, times, idx = [], [], 0
+    while idx < total:
+        size, shift = (sc.chunk_size[0], sc.shift_size[0]) if idx == 0 else (sc.chunk_size[1], sc.shift_size[1])
+        pre = 0 if idx == 0 else sc.pre_encode_cache_size[1]
+        cache = feats[:, :, max(0, idx - pre):idx]
+        cache = torch.cat([feats.new_zeros(b, feats.shape[1], pre - cache.shape[-1]), cache], -1)
+        chunk = torch.cat([cache, feats[:, :, idx:idx + size]], -1)
+        length = torch.tensor([min(total - idx, size) + pre] * b)
+        t0 = time.perf_counter()
+        enc, enc_len, cache_ch, cache_t, cache_len = nemo.cache_aware_stream_step(
+            processed_signal=chunk, processed_signal_length=length, cache_last_channel=cache_ch,
+            cache_last_time=cache_t, cache_last_channel_len=cache_len, keep_all_outputs=idx + shift >= total,
+            drop_extra_pre_encoded=0 if idx == 0 else sc.drop_extra_pre_encoded)
+        times.append(time.perf_counter() - t0)
+        outs.append(enc[:, :, :int(enc_len[0])])
+        idx += shift
+    return torch.cat(outs, -1).transpose(1, 2), times

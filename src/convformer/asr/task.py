@@ -1,0 +1,257 @@
+"""Speech recognition as a task of the one training engine, and transcription offline or streaming.
+
+Data are NeMo-style manifests (one JSON object per line with ``audio_filepath`` and ``text``; relative
+paths are relative to the manifest). Features are computed once when the data set is built, so an epoch
+costs only the model; SpecAugment is drawn per item under the engine's seeds, so resume stays exact.
+The loss is CTC (summed over each utterance's frames, averaged over utterances); validation decodes
+greedily and reports corpus CER and WER in percent.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from convformer.progress import progress_bar
+
+from convformer.asr.data import (CharVocabulary, FrontendConfig, LogMelFrontend, SentencePieceVocabulary, SpecAugment,
+                           load_audio)
+from convformer.errors import ConvformerError
+from convformer.asr.ctc import StreamingGreedyDecoder, edit_distance, error_rates, greedy_decode
+from convformer.engine.tasks import Task, TaskData
+
+BUNDLED = Path(__file__).resolve().parents[3] / "data" / "speech"
+
+
+def resolve_data(data: str) -> Path:
+    folder = BUNDLED if data == "bundled" else Path(data)
+    if not folder.is_dir():
+        hint = ("the bundled corpus lives in the source repository's data/speech; pass --data FOLDER"
+                if data == "bundled" else "pass a folder holding the manifests")
+        raise ConvformerError(f"speech data folder {folder} not found ({hint})")
+    return folder
+
+
+def read_manifest(path: str | os.PathLike) -> list[dict]:
+    """Entries of a JSON-lines manifest with absolute audio paths; each line must have audio_filepath and text."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConvformerError(f"manifest {path} not found")
+    entries = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConvformerError(f"{path}:{n} is not JSON ({err.msg})") from None
+        if not isinstance(entry, dict) or "audio_filepath" not in entry or "text" not in entry:
+            raise ConvformerError(f"{path}:{n} needs both audio_filepath and text")
+        audio = Path(entry["audio_filepath"])
+        entry["audio_filepath"] = str(audio if audio.is_absolute() else path.parent / audio)
+        entries.append(entry)
+    if not entries:
+        raise ConvformerError(f"manifest {path} lists no utterances")
+    return entries
+
+
+def build_vocabulary(spec: str):
+    if spec == "chars":
+        return CharVocabulary()
+    if spec.endswith(".model"):
+        return SentencePieceVocabulary(spec)
+    raise ConvformerError(f"--vocab must be 'chars' or a SentencePiece .model file, not {spec!r}")
+
+
+def vocabulary_meta(vocab) -> str:
+    """How a weight file records its vocabulary: the symbols themselves, or the SentencePiece model's path."""
+    return json.dumps({"chars": "".join(vocab.symbols)} if isinstance(vocab, CharVocabulary)
+                      else {"sentencepiece": vocab.model_file})
+
+
+def vocabulary_from_meta(text: str):
+    spec = json.loads(text)
+    return CharVocabulary(spec["chars"]) if "chars" in spec else SentencePieceVocabulary(spec["sentencepiece"])
+
+
+class Utterances(Dataset):
+    """Log-mel features and token ids of every manifest entry, computed once."""
+
+    def __init__(self, entries: list[dict], vocab, frontend: LogMelFrontend, subsampling=None,
+                 augment: SpecAugment | None = None, progress: bool = False, what: str = "utterances"):
+        self.texts, self.features, self.tokens = [], [], []
+        self.augment = augment
+        for entry in progress_bar(entries, desc=f"features ({what})", disable=not progress, leave=False, unit="utt"):
+            feats, _ = frontend(load_audio(entry["audio_filepath"], frontend.cfg.sample_rate))
+            tokens = vocab.encode(entry["text"])
+            if not tokens:
+                raise ConvformerError(f"{entry['audio_filepath']}: its transcript {entry['text']!r} has no "
+                                      "symbol of the vocabulary")
+            if subsampling is not None:  # CTC needs a frame per token, and one more between repeats
+                frames = int(subsampling(torch.tensor([feats.shape[1]])))
+                need = len(tokens) + sum(a == b for a, b in zip(tokens, tokens[1:]))
+                if frames < need:
+                    raise ConvformerError(f"{entry['audio_filepath']} is too short for its transcript ({frames} "
+                                          f"encoder frames, {need} needed); drop it from the manifest")
+            self.texts.append(vocab.normalize(entry["text"]))
+            self.features.append(feats[0])
+            self.tokens.append(torch.tensor(tokens, dtype=torch.long))
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i):
+        feats = self.features[i]
+        if self.augment is not None:
+            feats = self.augment.train()(feats[None], torch.tensor([len(feats)]))[0]
+        return feats, self.tokens[i], i
+
+
+def collate_utterances(items):
+    """(features (B, T, F) zero-padded, lengths (B,), tokens (B, L) padded with -1, token lengths, indices)."""
+    feats, tokens, index = zip(*items)
+    lengths = torch.tensor([len(f) for f in feats])
+    token_lengths = torch.tensor([len(t) for t in tokens])
+    padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+    labels = torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True, padding_value=-1)
+    return padded, lengths, labels, token_lengths, torch.tensor(index)
+
+
+def ctc_loss(log_probs, out_lengths, labels, label_lengths, blank: int) -> torch.Tensor:
+    """CTC negative log-likelihood summed over each utterance, averaged over the batch."""
+    loss = F.ctc_loss(log_probs.float().transpose(0, 1), labels.clamp(min=0), out_lengths, label_lengths,
+                      blank=blank, reduction="sum", zero_infinity=False)
+    return loss / len(label_lengths)
+
+
+class SpeechRecognition(Task):
+    name = "speech"
+    train_stat = "cer"
+    val_metrics = ("cer", "wer")
+    best_metric = "cer"
+    higher_is_better = False
+    curve = ("cer", "CER", "character error rate (%)")
+
+    def build(self, cfg, progress: bool) -> TaskData:
+        from convformer.registry import create_model, model_card
+        if model_card(cfg.model).task != "speech":
+            raise ConvformerError(f"{cfg.model} is not a speech model; see `convformer models` (conformer_ctc_*)")
+        folder = resolve_data(cfg.data)
+        self.vocab = build_vocabulary(cfg.vocab)
+        self.blank = len(self.vocab)
+        frontend = LogMelFrontend(FrontendConfig()).eval()
+        subsample = create_model(cfg.model, vocab_size=len(self.vocab)).encoder.subsampling.output_length
+        train = Utterances(read_manifest(folder / cfg.train_manifest), self.vocab, frontend, subsample,
+                           SpecAugment() if cfg.spec_augment else None, progress, "train")
+        val = Utterances(read_manifest(folder / cfg.val_manifest), self.vocab, frontend, subsample,
+                         None, progress, "validation")
+        self.val_texts = val.texts
+        seconds = sum(len(f) for f in train.features) / 100
+        resolved = {"train_utterances": len(train), "val_utterances": len(val), "train_hours": seconds / 3600,
+                    "data_folder": str(folder)}
+        meta = {"vocabulary": vocabulary_meta(self.vocab), "task": "speech"}
+        return TaskData(train, val, {"vocab_size": len(self.vocab)}, resolved, meta, collate=collate_utterances)
+
+    def prepare(self, batch, cfg, device, seed_parts: tuple):
+        feats, lengths, labels, label_lengths, _ = batch
+        refs = [row[:n].tolist() for row, n in zip(labels, label_lengths)]
+        return (feats.to(device), lengths.to(device)), (labels.to(device), label_lengths.to(device)), refs
+
+    def forward(self, model, inputs):
+        return model(*inputs)
+
+    def loss(self, output, labels):
+        log_probs, out_lengths = output
+        return ctc_loss(log_probs, out_lengths, *labels, blank=self.blank)
+
+    def statistic(self, output, refs) -> float:
+        """Per-utterance character error rate (%) of the greedy decoding, summed over the batch."""
+        hyps = greedy_decode(*output, blank=self.blank)
+        return sum(100.0 * edit_distance(r, h) / max(len(r), 1) for r, h in zip(refs, hyps))
+
+    @torch.no_grad()
+    def evaluate(self, model, loader, device) -> dict:
+        model.eval()
+        loss_sum, refs, hyps = 0.0, [], []
+        for feats, lengths, labels, label_lengths, index in loader:
+            log_probs, out_lengths = model(feats.to(device), lengths.to(device))
+            loss_sum += float(ctc_loss(log_probs, out_lengths, labels.to(device), label_lengths.to(device),
+                                       self.blank)) * len(index)
+            hyps += [self.vocab.decode(t) for t in greedy_decode(log_probs, out_lengths, self.blank)]
+            refs += [self.val_texts[i] for i in index.tolist()]
+        rates = error_rates(refs, hyps)
+        n = max(len(refs), 1)
+        return {"loss": loss_sum / n, "cer": 100 * rates["cer"], "wer": 100 * rates["wer"], "count": len(refs)}
+
+    def summary(self, row: dict) -> str:
+        ema = f"  EMA CER {row['ema_val_cer']:.1f}%" if "ema_val_cer" in row else ""
+        return (f"train CER {row['train_cer']:.1f}%  val loss {row['val_loss']:.3f}  CER {row['val_cer']:.1f}%  "
+                f"WER {row['val_wer']:.1f}%{ema}")
+
+
+# ---- inference -------------------------------------------------------------------------------------------
+def load_asr(weights: str, model_name: str | None = None):
+    """(model in eval mode, vocabulary) from our weight file (its metadata names both) or a NeMo ``.nemo``."""
+    from convformer.registry import create_model
+    from convformer.weights import load_weights, read_state_dict
+    if str(weights).endswith(".nemo"):
+        from convformer.asr.nemo import conformer_from_nemo
+        model = conformer_from_nemo(weights).eval()
+        symbols = model.nemo_vocabulary
+        if not symbols or any(len(s) != 1 for s in symbols):
+            raise ConvformerError(f"{weights} has a subword vocabulary; only character vocabularies load from "
+                                  ".nemo so far")
+        return model, CharVocabulary("".join(symbols))
+    state, meta = read_state_dict(weights)
+    name = model_name or meta.get("architecture")
+    if not name:
+        raise ConvformerError(f"{weights} does not say which model it holds; pass --model NAME")
+    if "vocabulary" not in meta:
+        raise ConvformerError(f"{weights} does not record its vocabulary (not saved by `convformer asr train`)")
+    vocab = vocabulary_from_meta(meta["vocabulary"])
+    model = create_model(name, vocab_size=len(vocab))
+    load_weights(model, state)
+    return model.eval(), vocab
+
+
+def stream_chunk(stream, chunk_ms: float | None) -> int:
+    """Feature frames per streaming step for ``chunk_ms`` (default: the smallest chunk the model allows)."""
+    if chunk_ms is None:
+        return stream.min_chunk()
+    frames = int(round(chunk_ms / 10))
+    if frames <= 0 or frames % stream.min_chunk():
+        raise ConvformerError(f"--chunk-ms {chunk_ms:g}: use a multiple of {stream.min_chunk() * 10} ms for this "
+                              "model (its subsampling times its attention chunk)")
+    return frames
+
+
+@torch.no_grad()
+def decode_batch(model, vocab, feats, lengths, stream=None, chunk: int = 0) -> list[str]:
+    """Greedy transcripts of a padded feature batch, offline or through the streaming encoder."""
+    if stream is None:
+        log_probs, out_lengths = model(feats, lengths)
+    else:
+        enc, out_lengths = stream.run(feats, lengths, chunk)
+        log_probs = torch.log_softmax(model.head(enc), dim=-1)
+    return [vocab.decode(t) for t in greedy_decode(log_probs, out_lengths, model.blank)]
+
+
+@torch.no_grad()
+def transcribe_stream(model, vocab, feats: torch.Tensor, chunk: int, stream, on_partial=None) -> dict:
+    """Stream one utterance's features (T, F) chunk by chunk. ``on_partial(seconds, text)`` is called whenever
+    new tokens arrive. Returns the final text and per-step compute times."""
+    import time
+    decoder = StreamingGreedyDecoder(1, model.blank)
+    total, pos, times = feats.shape[0], 0, []
+    t0 = time.perf_counter()
+    for _, _, enc, valid, _ in stream.steps(feats[None], None, chunk):
+        gained = decoder.push(torch.log_softmax(model.head(enc), dim=-1), valid)
+        times.append(time.perf_counter() - t0)
+        pos += chunk
+        if gained[0] and on_partial is not None:
+            on_partial(min(pos, total) / 100, vocab.decode(decoder.tokens[0]))
+        t0 = time.perf_counter()
+    return {"text": vocab.decode(decoder.tokens[0]), "step_seconds": times}

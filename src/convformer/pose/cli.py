@@ -1,0 +1,229 @@
+"""`convformer pose`: train and evaluate 3-D pose lifters, and lift 2-D keypoint files to 3-D.
+
+    convformer pose train --model convformer_pose_t27 [--data synthetic|FOLDER] [--keypoints cpn_ft_h36m_dbb]
+    convformer pose eval runs/<run>/best.safetensors [--data FOLDER] [--output report/]
+    convformer pose lift keypoints.json --weights best.safetensors --image-size 1000x1002 --png pose.png
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+from convformer.pose.config import PoseTrainConfig
+from convformer.errors import ConvformerError
+from convformer.engine import options
+
+app = typer.Typer(no_args_is_help=True, help="3-D human pose: train/evaluate lifters, lift 2-D keypoints.")
+
+
+@app.command("train")
+@options.trains(PoseTrainConfig)
+def train_cmd(
+    model: Optional[str] = typer.Option(None, help="Lifter [default: convformer_pose_t27]; see `convformer models`."),
+    data: Optional[str] = typer.Option(None, help="'synthetic' [default] or a folder with data_3d_h36m.npz and "
+                                                  "data_2d_h36m_<keypoints>.npz (VideoPose3D's files)."),
+    keypoints: Optional[str] = typer.Option(None, help="2-D file suffix: gt, cpn_ft_h36m_dbb, ... [default: gt]."),
+    train_subjects: Optional[str] = typer.Option(None, help="Training subjects [default: S1,S5,S6,S7,S8]."),
+    test_subjects: Optional[str] = typer.Option(None, help="Validation subjects [default: S9,S11]."),
+    train_cameras: Optional[str] = typer.Option(None, help="Camera indices to train on, e.g. 0,1,2 [default: all]."),
+    test_cameras: Optional[str] = typer.Option(None, help="Camera indices to validate on [default: all]."),
+    actions: Optional[str] = typer.Option(None, help="Comma-separated actions to keep [default: all]."),
+    stride: Optional[int] = typer.Option(None, help="Training windows every N frames [default: 1]."),
+    val_stride: Optional[int] = typer.Option(None, help="Validation windows every N frames [default: 1]."),
+    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Flip augmentation [default: on]."),
+    test_flip: Optional[bool] = typer.Option(None, "--test-flip/--no-test-flip", help="Flip TTA in validation."),
+    seq2seq: Optional[bool] = typer.Option(None, "--seq2seq", help="Predict and supervise every frame."),
+    attention: Optional[str] = typer.Option(None, help="conv or linear: override the lifter's attention "
+                                                       "(ablation: plain linear-projection attention)."),
+    synthetic_frames: Optional[int] = typer.Option(None, help="Frames per synthetic sequence [default: 600]."),
+    synthetic_noise: Optional[float] = typer.Option(None, help="2-D noise (pixels) on synthetic keypoints."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs [default: 20]."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size per process [default: 256]."),
+    accum_steps: options.AccumSteps = None,
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: 1e-3]."),
+    weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay [default: 0.01]."),
+    warmup_epochs: Optional[float] = typer.Option(None, help="Linear warm-up epochs [default: 1]."),
+    min_lr: options.MinLr = None,
+    lr_schedule: Optional[str] = typer.Option(None, help="cosine, or exponential (x --lr-decay per epoch, the "
+                                                         "paper's recipe) [default: cosine]."),
+    lr_decay: Optional[float] = typer.Option(None, help="Per-epoch factor of the exponential schedule."),
+    drop_path_rate: Optional[float] = typer.Option(None, help="Stochastic depth [default: 0.1; paper 0.2]."),
+    ema_decay: Optional[float] = typer.Option(None, help="Keep an EMA of the weights (e.g. 0.999)."),
+    grad_clip: options.GradClip = None,
+    precision: options.Precision = None,
+    pretrained: Optional[str] = typer.Option(None, help="Weight file to start from."),
+    checkpoint_every: options.CheckpointEvery = None,
+    resume: options.Resume = None,
+    skip_nonfinite: options.SkipNonfinite = None,
+    deterministic: options.Deterministic = None,
+    tensorboard: options.Tensorboard = None,
+    seed: options.Seed = None,
+    workers: options.Workers = None,
+    threads: options.Threads = None,
+    device: options.Device = None,
+    output: options.Output = None,
+    name: options.Name = None,
+    config: options.Config = None,
+    quiet: options.Quiet = False,
+):
+    """Train a lifter (MPJPE loss, AdamW, cosine); run folder, resume and torchrun DDP as `convformer train`."""
+    flags = {k: v for k, v in locals().items() if k not in ("config", "quiet")}
+    cfg, result = options.run_training_command(PoseTrainConfig, config, flags, quiet)
+    if not result["main"] or result.get("val_mpjpe") is None:
+        return
+    typer.echo(f"{cfg.model} on {cfg.data}: val MPJPE {result['val_mpjpe']:.1f} mm, P-MPJPE "
+               f"{result['val_p_mpjpe']:.1f} mm (best MPJPE {result['best_mpjpe']:.1f} mm, {result['val_count']} "
+               f"windows) after {result['epochs']} epochs in {result['seconds']:.0f}s")
+    typer.echo(f"run folder: {result['folder']}")
+
+
+def load_lifter(weights: str, model: Optional[str] = None, fast: bool = False):
+    """The lifter a weight file was saved from (its metadata names it), with the weights loaded."""
+    from convformer.registry import create_model
+    from convformer.weights import load_weights, read_state_dict
+    from convformer.pose.task import receptive_field
+    _, meta = read_state_dict(weights)
+    name = model or meta.get("architecture")
+    if not name:
+        raise ConvformerError(f"{weights} does not say which model it holds; pass --model NAME")
+    receptive_field(name)  # a clear error for a non-pose model
+    kwargs = {"seq2seq": True} if meta.get("seq2seq") == "True" else {}
+    if meta.get("attention"):
+        kwargs["attention"] = meta["attention"]
+    net = create_model(name, **kwargs)
+    load_weights(net, weights)
+    net.eval()
+    if fast:
+        from convformer.optimize import optimize
+        net = optimize(net)
+    return net, meta
+
+
+@app.command("eval")
+def eval_cmd(
+    weights: str = typer.Argument(..., help="Weight file (e.g. runs/<run>/best.safetensors)."),
+    model: Optional[str] = typer.Option(None, help="Model name [default: from the weight file]."),
+    data: str = typer.Option("synthetic", help="'synthetic' or a folder of VideoPose3D files."),
+    keypoints: str = typer.Option("gt", help="2-D file suffix (data_2d_h36m_<keypoints>.npz)."),
+    subjects: str = typer.Option("S9,S11", help="Subjects to evaluate."),
+    cameras: Optional[str] = typer.Option(None, help="Camera indices to evaluate [default: all]."),
+    actions: Optional[str] = typer.Option(None, help="Comma-separated actions [default: all]."),
+    synthetic_frames: int = typer.Option(600, help="Frames per synthetic sequence (data=synthetic)."),
+    synthetic_noise: float = typer.Option(0.0, help="2-D noise in pixels (data=synthetic)."),
+    flip: bool = typer.Option(True, "--flip/--no-flip", help="Flip test-time augmentation."),
+    output: Optional[Path] = typer.Option(None, help="Folder for per_action.csv/.json and table.md."),
+    fast: bool = typer.Option(False, "--fast", help="Use the fast inference path (convformer.optimize)."),
+):
+    """Per-action MPJPE (protocol 1), P-MPJPE (protocol 2), N-MPJPE and MPJVE over whole sequences."""
+    from convformer.pose.task import evaluate_sequences, load_split
+    from convformer.fileio import atomic_write
+    net, _ = load_lifter(weights, model, fast)
+    cfg = PoseTrainConfig(data=data, keypoints=keypoints, actions=actions, synthetic_frames=synthetic_frames,
+                          synthetic_noise=synthetic_noise)
+    split = load_split(cfg, subjects, cameras)
+    table, velocity = evaluate_sequences(net, split.sequences, flip_tta=flip, left=split.left, right=split.right)
+    text = table.to_markdown(("mpjpe", "p_mpjpe", "n_mpjpe"))
+    rows = table.table()
+    mpjve_row = "| MPJVE | " + " | ".join(f"{velocity.get(a, float('nan')):.1f}" for a in rows if a != "Average") \
+        + f" | {velocity.get('Average', float('nan')):.1f} |"
+    text = text.rstrip("\n") + "\n" + mpjve_row + "\n"
+    typer.echo(text)
+    avg = rows["Average"]
+    typer.echo(f"{len(split.sequences)} sequences of {', '.join(split.subjects)}: MPJPE {avg['mpjpe']:.1f} mm, "
+               f"P-MPJPE {avg['p_mpjpe']:.1f} mm, MPJVE {velocity.get('Average', float('nan')):.2f} mm (flip TTA "
+               f"{'on' if flip else 'off'})")
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        table.to_csv(output / "per_action.csv")
+        table.to_json(output / "per_action.json")
+        atomic_write(output / "mpjve.json", lambda tmp: Path(tmp).write_text(json.dumps(velocity, indent=1)))
+        atomic_write(output / "table.md", lambda tmp: Path(tmp).write_text(text))
+        typer.echo(f"wrote {output}/per_action.csv, per_action.json, mpjve.json, table.md")
+
+
+def _size(text: Optional[str]) -> Optional[tuple[int, int]]:
+    if text is None:
+        return None
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConvformerError(f"--image-size must be WIDTHxHEIGHT in pixels, e.g. 1920x1080; got {text!r}") from None
+    if w < 1 or h < 1:
+        raise ConvformerError(f"--image-size must be positive, got {text!r}")
+    return w, h
+
+
+def _frames(text: Optional[str], n: int) -> list[int]:
+    if not text:
+        return [n // 2]
+    try:
+        frames = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConvformerError(f"--frames takes comma-separated frame numbers, got {text!r}") from None
+    bad = [f for f in frames if not 0 <= f < n]
+    if bad:
+        raise ConvformerError(f"--frames {bad} outside the sequence (frames 0-{n - 1})")
+    return frames
+
+
+@app.command("lift")
+def lift_cmd(
+    keypoints: Path = typer.Argument(..., help="2-D keypoints: .npy (N, 17, 2|3) or .json (nested list or "
+                                               "COCO-style results), Human3.6M or COCO-17 joint order."),
+    weights: str = typer.Option(..., help="Weight file of a trained lifter."),
+    model: Optional[str] = typer.Option(None, help="Model name [default: from the weight file]."),
+    layout: str = typer.Option("auto", help="Joint order: auto, h36m or coco (mapped to Human3.6M)."),
+    image_size: Optional[str] = typer.Option(None, help="WIDTHxHEIGHT of the frames the keypoints are in "
+                                                        "(pixels); omit if already normalised to [-1, 1]."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="3-D poses .npy [default: <input>_3d.npy]."),
+    png: Optional[Path] = typer.Option(None, help="Also draw the chosen frames (2-D input | lifted 3-D) here."),
+    frames: Optional[str] = typer.Option(None, help="Frames to draw, e.g. 0,50,100 [default: the middle one]."),
+    video: Optional[Path] = typer.Option(None, help="Also write an animation (.gif, or .mp4 with ffmpeg)."),
+    flip: bool = typer.Option(True, "--flip/--no-flip", help="Flip test-time augmentation."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+):
+    """Lift every frame to root-relative 3-D joints (metres, camera axes: x right, y down, z forward)."""
+    import torch
+
+    from convformer.pose.keypoints import load_keypoints
+    from convformer.pose.data import normalize_screen
+    from convformer.pose.task import lift_sequence
+    from convformer.fileio import atomic_write
+    output = output or keypoints.with_name(keypoints.stem + "_3d.npy")
+    if output.suffix != ".npy":
+        raise ConvformerError(f"--output must be a .npy file, got {output}")
+    for target in (output, png, video):
+        if target is not None and target.exists() and not overwrite:
+            raise ConvformerError(f"{target} already exists; pass --overwrite or choose another path")
+    kp, layout_used, _ = load_keypoints(keypoints, layout)
+    size = _size(image_size)
+    if size is None:
+        if np.abs(kp).max() > 1.5:
+            raise ConvformerError(f"{keypoints.name} holds pixel coordinates (up to {np.abs(kp).max():.0f}); pass "
+                                  "--image-size WIDTHxHEIGHT of the frames they were detected in")
+        norm = kp
+    else:
+        norm = normalize_screen(kp, *size)
+    net, _ = load_lifter(weights, model)
+    poses = lift_sequence(net, torch.from_numpy(np.ascontiguousarray(norm, dtype=np.float32)), flip_tta=flip,
+                          progress=len(kp) > 2048).numpy()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    def save(tmp):
+        with open(tmp, "wb") as fh:  # a file object: np.save would append .npy to a temporary name
+            np.save(fh, poses.astype(np.float32))
+
+    atomic_write(output, save)
+    typer.echo(f"lifted {len(kp)} frame(s) ({layout_used} order"
+               + (", mapped to Human3.6M" if layout_used == "coco" else "") + f") with {net.model_card.name}: {output}")
+    if png is not None:
+        from convformer.pose.plot import plot_pose_frames
+        plot_pose_frames(kp, poses, _frames(frames, len(kp)), png, image_size=size)
+        typer.echo(f"picture: {png}")
+    if video is not None:
+        from convformer.pose.plot import animate_poses
+        animate_poses(kp, poses, video, image_size=size)
+        typer.echo(f"animation: {video}")
