@@ -58,3 +58,38 @@ def crash_at(monkeypatch, task_cls, step: int) -> None:
             raise Crash
         return real(self, batch, cfg, device, seed_parts)
     monkeypatch.setattr(task_cls, "prepare", prepare)
+
+
+# One model per structure. Within a family the variants differ only in widths and depths (the same code
+# runs), so `make test` runs each structure-level test on one variant per family and `make test-all`
+# (the slow marker) on all of them. Exactness per variant (parameter and MAC counts, timm parity of the
+# weights' layout) is checked for every variant in `make test` where it is cheap.
+REPRESENTATIVES = {"identityformer": "identityformer_s12", "randformer": "randformer_s12",
+                   "poolformer": "poolformer_s12", "poolformerv2": "poolformerv2_s12", "convformer": "convformer_s18",
+                   "caformer": "caformer_s18", "cfsr": "cfsr_x4", "conformer_ctc": "conformer_ctc_xs",
+                   "fastconformer_ctc": "fastconformer_ctc_s", "convformer_pose": "convformer_pose_t9",
+                   "poseformer": "poseformer_t9"}
+
+
+def family(name: str) -> str:
+    return name.rpartition("_")[0] or name
+
+
+def by_structure(names) -> list:
+    """``names`` as pytest parameters: a family's representative (or, without one, every name) runs in
+    `make test`; the other variants of a represented family are marked slow."""
+    names = list(names)
+    return [n if REPRESENTATIVES.get(family(n), n) == n or REPRESENTATIVES[family(n)] not in names
+            else pytest.param(n, marks=pytest.mark.slow) for n in names]
+
+
+def perturb(model, seed=0):
+    """Random, non-trivial values for every tensor, including the 1.0/0.0-initialised scales and norms."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim <= 1:
+                p.mul_(1 + 0.2 * torch.randn(p.shape, generator=g)).add_(0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.add_(0.01 * torch.randn(p.shape, generator=g))
+    return model

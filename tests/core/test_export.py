@@ -7,7 +7,7 @@ import convformer
 from convformer.cli import main
 from convformer.export import onnx_session
 
-from test_parity_timm import perturb
+from conftest import perturb
 
 
 @pytest.mark.parametrize("name,fast", [("convformer_nano", False), ("convformer_nano", True)])

@@ -39,6 +39,7 @@ def _same_weights(a: Path, b: Path) -> bool:
     return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
+@pytest.mark.slow  # five processes, real SIGKILLs (about 2 min); make test keeps the in-process crash tests
 def test_run_killed_at_random_steps_resumes_to_bit_identical_weights(tmp_path):
     args = FAST + RANDOM + ["--deterministic", "--output", str(tmp_path)]
     ref = subprocess.run(CLI + ["train", *args, "--name", "ref"], env=_env(), capture_output=True, text=True)

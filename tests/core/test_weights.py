@@ -10,7 +10,7 @@ import convformer
 from convformer import ConvformerError
 from convformer.weights import read_state_dict, save_state_dict, to_timm
 
-from test_parity_timm import perturb
+from conftest import perturb
 
 
 def timm_to_official(state: dict) -> dict:
@@ -126,6 +126,38 @@ def test_pickled_objects_are_refused(tmp_path):
     message = str(info.value)
     assert "safetensors" in message and "\n" not in message
     assert "False" not in message, "the unsafe unrestricted load must never be suggested"
+
+
+class RunsACommand:
+    """The classic payload: unpickling it calls os.system."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+def test_an_os_system_payload_is_refused_as_pickled_objects_in_any_protocol(tmp_path, protocol, capsys):
+    """Protocols 4 and 5 used to be reported as "truncated", after torch's raw UserWarning; nothing runs,
+    the message names the object and what to do, and no warning reaches the user."""
+    import pickle
+    import warnings
+    from convformer.cli import main
+    marker = tmp_path / "ran"
+    with open(tmp_path / "payload.pth", "wb") as fh:
+        pickle.dump({"weight": RunsACommand(marker)}, fh, protocol=protocol)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any stray warning fails the test
+        with pytest.raises(ConvformerError, match=r"refusing .*pickled Python objects \(posix\.system\)") as info:
+            read_state_dict(tmp_path / "payload.pth")
+    assert "truncated" not in str(info.value) and "safetensors" in str(info.value)
+    assert main(["eval", str(tmp_path / "payload.pth")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: refusing") and "Warning" not in err
+    assert not marker.exists()
 
 
 def test_corrupt_pth_is_reported_without_the_unsafe_advice(tmp_path):

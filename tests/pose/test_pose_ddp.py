@@ -15,6 +15,7 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
+@pytest.mark.slow  # the engine's DDP runs in make test for images and speech
 def test_two_gloo_processes_equal_one_process_for_pose(tmp_path):
     common = ["pose", "train", "--model", "convformer_pose_t9", "--epochs", "1", "--synthetic-frames", "40",
               "--stride", "4", "--val-stride", "10", "--drop-path-rate", "0", "--threads", "1", "--quiet",

@@ -10,7 +10,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 import convformer
 
-from conftest import small_kwargs
+from conftest import by_structure, small_kwargs
 
 # Every registered classifier, except where another entry already runs the same code: the generic
 # "metaformer" frame defaults to caformer_s18's network, and the LowFormers differ by widths and depths
@@ -26,7 +26,7 @@ def make(name, **kwargs):
     return convformer.create_model(name, **small_kwargs(name, SIZE), **kwargs)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", by_structure(MODELS))
 def test_forward_backward_every_parameter_gets_a_gradient(name):
     model = make(name, num_classes=42).train()
     x = torch.randn(2, 3, SIZE, SIZE)
@@ -37,7 +37,7 @@ def test_forward_backward_every_parameter_gets_a_gradient(name):
     assert not no_grad, f"parameters without gradient: {no_grad[:5]}"
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", by_structure(MODELS))
 def test_features_head_and_reset_classifier(name):
     model = make(name).eval()
     x = torch.randn(2, 3, SIZE, SIZE)
@@ -54,7 +54,7 @@ def test_features_head_and_reset_classifier(name):
         assert model(x).shape == (2, 7)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", by_structure(MODELS))
 def test_features_only(name):
     model = make(name, features_only=True).eval()
     with torch.no_grad():
@@ -67,7 +67,7 @@ def test_features_only(name):
     assert part.feature_info.channels() == [model.feature_info.channels()[i] for i in (1, 3)]
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", by_structure(MODELS))
 def test_grad_checkpointing_matches_plain_forward(name):
     model = make(name, num_classes=10).train()
     x = torch.randn(2, 3, SIZE, SIZE)
@@ -108,7 +108,7 @@ def make_sized(name, **kwargs):
     return convformer.create_model(name, img_size=SIZE, **kwargs)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", by_structure(MODELS))
 def test_default_cfgs_describe_the_model(name):
     model = make_sized(name).eval()
     assert model.num_classes == 1000 and model.num_features > 0 and model.head_hidden_size > 0
@@ -139,7 +139,7 @@ def test_default_size_cfg_matches_the_card():
     assert convformer.create_model("poolformer_s12").pretrained_cfg["crop_pct"] == 0.9
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", by_structure(MODELS))
 def test_torchscript_equals_eager(name):
     model = make_sized(name).eval()
     features = make_sized(name, features_only=True).eval()
@@ -153,7 +153,7 @@ def test_torchscript_equals_eager(name):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", by_structure(MODELS))
 def test_forward_intermediates_and_pruning_follow_timm(name):
     model = make_sized(name).eval()
     channels, reductions = model.feature_info.channels(), model.feature_info.reduction()
@@ -186,7 +186,7 @@ def test_forward_intermediates_and_pruning_follow_timm(name):
         model.forward_intermediates(x, output_fmt="NLC")
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", by_structure(MODELS))
 def test_fx_feature_extractor_forward_backward_and_script(name):
     """torchvision's create_feature_extractor (what timm's fx tests use) on the classifier node the
     pretrained_cfg names: eager-equal output, a gradient for every parameter, and scriptable."""

@@ -7,15 +7,15 @@ from convformer.vision.fold import FoldedBlock
 
 from convformer.optimize import optimize_for_export
 
-from conftest import randomize_, small_kwargs
-from test_parity_timm import perturb
+from conftest import by_structure, randomize_, small_kwargs
+from conftest import perturb
 
 MODELS = convformer.list_models(task="classification")
 METAFORMERS = [n for n in MODELS if not n.startswith("lowformer")]
 LOWFORMERS = ["lowformer_b0", "lowformer_e1", "lowformer_e3"]  # the three block structures (see test_models)
 
 
-@pytest.mark.parametrize("name", METAFORMERS)
+@pytest.mark.parametrize("name", by_structure(METAFORMERS))
 def test_folded_model_matches_plain_fp32(name):
     torch.manual_seed(0)
     model = perturb(convformer.create_model(name, **small_kwargs(name, 64))).eval()
@@ -167,6 +167,22 @@ def test_compile_wraps_the_folded_model():
     assert all(isinstance(b, FoldedBlock) for s in inner.stages for b in s.blocks)
 
 
+def test_compile_gets_the_folded_channels_last_lowformer_with_freezing():
+    """What optimize hands torch.compile for a LowFormer, checked eagerly (compiling takes a minute; the
+    compiled run is the slow test below)."""
+    from convformer.optimize import fast_path
+    torch.manual_seed(0)
+    model = randomize_(convformer.create_model("lowformer_b0"), std=0.05).eval()
+    inner = convformer.optimize(model, compile=True)._orig_mod
+    assert fast_path(model).compile_options == {"freezing": True}
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in inner.modules())
+    assert inner.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (inner(x) - model(x)).abs().max().item() <= 1e-4
+
+
+@pytest.mark.slow
 def test_compiled_lowformer_is_folded_channels_last_and_matches_plain():
     torch.manual_seed(0)
     model = randomize_(convformer.create_model("lowformer_b0"), std=0.05).eval()

@@ -7,21 +7,9 @@ import torch
 import convformer
 from convformer.weights import to_timm
 
-from conftest import TIMM_VARIANTS
+from conftest import TIMM_VARIANTS, by_structure, perturb  # noqa: F401  (perturb: imported from here by older tests)
 
 SMALL = ("s12", "s18")
-
-
-def perturb(model, seed=0):
-    """Random, non-trivial values for every tensor, including the 1.0/0.0-initialised scales and norms."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim <= 1:
-                p.mul_(1 + 0.2 * torch.randn(p.shape, generator=g)).add_(0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.add_(0.01 * torch.randn(p.shape, generator=g))
-    return model
 
 
 def ours_for(name):
@@ -34,7 +22,7 @@ def size_for(name):
     return 224 if name.endswith(SMALL) else 96
 
 
-@pytest.mark.parametrize("name", TIMM_VARIANTS)
+@pytest.mark.parametrize("name", by_structure(TIMM_VARIANTS))
 def test_timm_weights_into_ours(name):
     torch.manual_seed(1)
     ref = perturb(timm.create_model(name)).eval()
@@ -58,7 +46,7 @@ def test_timm_weights_into_ours(name):
                 assert a.shape == b.shape and (a - b).abs().max().item() <= 1e-4, kwargs
 
 
-@pytest.mark.parametrize("name", TIMM_VARIANTS)
+@pytest.mark.parametrize("name", by_structure(TIMM_VARIANTS))
 def test_our_weights_into_timm(name):
     torch.manual_seed(2)
     ours = perturb(ours_for(name), seed=3)

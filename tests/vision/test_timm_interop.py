@@ -7,6 +7,8 @@ import torch
 from timm.data import resolve_data_config
 
 import convformer
+
+from conftest import by_structure
 from convformer.vision.metaformer import MetaFormer
 
 TIMM_KEYS = ("num_classes", "input_size", "pool_size", "interpolation", "crop_pct", "crop_mode", "mean", "std",
@@ -26,7 +28,7 @@ def test_every_classification_model_is_in_timms_registry(registered):
     assert timm.list_models("caformer_s18") == ["caformer_s18"]  # timm's own port is untouched
 
 
-@pytest.mark.parametrize("name", [n for n in convformer.list_models(task="classification") if timm.is_model(n)])
+@pytest.mark.parametrize("name", by_structure(n for n in convformer.list_models(task="classification") if timm.is_model(n)))
 def test_pretrained_cfg_equals_timms_for_the_same_architecture(registered, name):
     theirs = timm.models.get_pretrained_cfg(name).to_dict()
     ours = timm.models.get_pretrained_cfg("cvf_" + name).to_dict()

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 import convformer
 from convformer.layers.activations import StarReLUFunction, star_relu
 
-from test_parity_timm import ours_for, perturb
+from conftest import perturb
+from test_parity_timm import ours_for
 
 
 def plain_star_relu(x, s, b):

@@ -45,7 +45,7 @@ _DEFAULT_NOTE = re.compile(r"\s*\[default: ([^\]]*)\]")
 
 def _show_value(value) -> str:
     if isinstance(value, bool):
-        return "on" if value else "off"
+        return "on"
     if isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value)
     return str(value)
@@ -77,14 +77,26 @@ def show_defaults(command) -> None:
     for param in command.params:
         help_text = getattr(param, "help", None) or ""
         note = _DEFAULT_NOTE.search(help_text)
-        if note:
-            help_text = _DEFAULT_NOTE.sub("", help_text)
-            if param.default is None:
+        help_text = _DEFAULT_NOTE.sub("", help_text)
+        value = defaults.get(param.name)
+        if param.default is None:
+            if value is not None and value is not False:  # (an absent flag is off: nothing to show)
+                # the configuration is the one source of a default; a note may only add to it
+                shown = _show_value(value)
+                param.show_default = note.group(1) if note and _same(note.group(1), value) else shown
+            elif note:
                 param.show_default = note.group(1)
-        if param.default is None and defaults.get(param.name) is not None and not note:
-            param.show_default = _show_value(defaults[param.name])
         if hasattr(param, "help"):
             param.help = help_text.replace("[", r"\[")
+
+
+def _same(note: str, value) -> bool:
+    """Whether a help note such as "0.1; paper 0.2" starts with the configuration's value."""
+    first = re.split(r"[;, ]", note.strip(), maxsplit=1)[0]
+    try:
+        return float(first) == float(value)
+    except (TypeError, ValueError):
+        return first == _show_value(value)
 
 
 def build_command():

@@ -45,7 +45,10 @@ class MetricLog:
         ax1.plot(epochs, [r["val_loss"] for r in self.rows], label="val")
         ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.grid(alpha=0.3)
         ax2.plot(epochs, [r[f"val_{metric}"] for r in self.rows], label=f"val {label}")
-        ax2.plot(epochs, [r[f"train_{metric}"] for r in self.rows], label=f"train {label}")
+        if all(f"train_{metric}" in r for r in self.rows):  # a task whose running statistic is this metric
+            ax2.plot(epochs, [r[f"train_{metric}"] for r in self.rows], label=f"train {label}")
+        if all(f"ema_val_{metric}" in r for r in self.rows):
+            ax2.plot(epochs, [r[f"ema_val_{metric}"] for r in self.rows], label=f"EMA val {label}")
         ax2.set_xlabel("epoch"), ax2.set_ylabel(unit), ax2.legend(), ax2.grid(alpha=0.3)
         fig.tight_layout()
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -52,22 +53,60 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
             raise ConvformerError(f"cannot read {path}: not a valid safetensors file (truncated or "
                                   f"corrupt: {err}); re-download or re-save it") from err
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols newer than 2 before it refuses or reads them; the outcome
+            # (a tensor dict, or our one-line refusal) is what the user needs to see, not that warning
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "unsupported global" not in str(err).lower():  # not a foreign object: a damaged pickle
+        foreign = [g for g in pickled_globals(path) if not g.startswith(SAFE_GLOBAL_PREFIXES)]
+        if not foreign and "unsupported global" not in str(err).lower():  # a damaged pickle, not a foreign one
             raise ConvformerError(f"cannot read {path}: the file is truncated or not a weight file "
                                   "(re-download or re-save it)") from err
         # PyTorch's own message goes on to advise an unrestricted load; we never repeat that advice.
+        named = f" ({', '.join(foreign[:3])})" if foreign else ""
         raise ConvformerError(
-            f"refusing {path}: it holds pickled Python objects besides tensors, and loading those can run "
-            "arbitrary code; re-save the weights as safetensors where they came from (in the trusted "
-            "environment that made them: safetensors.torch.save_file(model.state_dict(), 'model.safetensors'))"
-        ) from err
+            f"refusing {path}: it holds pickled Python objects{named} besides tensors, and loading those can run "
+            "arbitrary code, so nothing in it was run; re-save the weights as safetensors where they came from "
+            "(in the trusted environment that made them: safetensors.torch.save_file(model.state_dict(), "
+            "'model.safetensors'))") from None
     except Exception as err:  # torch raises many types for corrupt or foreign files
         first = str(err).splitlines()[0][:160] if str(err) else ""
         raise ConvformerError(f"cannot read {path} as a PyTorch state dict ({type(err).__name__}: {first}); "
                               "the file may be truncated or not a weight file: re-download it") from err
     return unwrap_state_dict(obj, path), {}
+
+
+# globals a plain state dict's pickle refers to (tensor rebuilding, storages, ordered dicts)
+SAFE_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set", "builtins.frozenset")
+
+
+def pickled_globals(path: str | os.PathLike) -> list[str]:
+    """``module.name`` of every global a pickle refers to (a raw pickle, the legacy torch format's pickles,
+    or ``data.pkl`` inside a torch zip), read with pickletools: nothing is unpickled or run. Best effort:
+    an unreadable stream gives what was found before it."""
+    import io
+    import pickletools
+    import zipfile
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            data = archive.read(names[0]) if names else b""
+    else:
+        data = Path(path).read_bytes()
+    stream, found, strings = io.BytesIO(data), [], []
+    try:
+        while stream.tell() < len(data):
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name in ("GLOBAL", "INST"):
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # noqa: BLE001 - a damaged or non-pickle tail ends the scan
+        pass
+    return found
 
 
 def _looks_like_safetensors(head: bytes) -> bool:
