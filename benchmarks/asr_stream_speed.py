@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
 
 import convformer
+from convformer.bench.measure import machine_info
 from convformer.asr.streaming import StreamingConformer
 
 
@@ -96,8 +96,7 @@ def run(models, seconds: float, chunks, repeats: int, threads: int | None, nemo:
                                  worst_ms=1000 * max(times), parity_streaming_vs_offline=parity,
                                  diff_vs_ours=nemo_diff if mode == "nemo" else buffered_diff,
                                  lookahead_ms=stream.latency_frames * model.cfg.frame_ms))
-    return {"machine": dict(cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
-                            torch=torch.__version__), "seconds": seconds, "results": rows}
+    return {"machine": machine_info(), "seconds": seconds, "results": rows}
 
 
 def table(report: dict) -> str:

@@ -18,7 +18,6 @@ Prints a Markdown table and writes benchmarks/results/mixer_mix_digits.json and 
 
 import argparse
 import json
-import platform
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from torch.utils.data import Subset
 
 from convformer import create_model, load_weights
 from convformer.bench import count_macs, count_params
-from convformer.bench.measure import interleaved
+from convformer.bench.measure import interleaved, machine_info
 from convformer.vision.config import TrainConfig
 from convformer.vision.task import ImageClassification
 from convformer.engine.train import train
@@ -103,8 +102,7 @@ def run_study(epochs: int, repeats: int, limit: Optional[int] = None, output: Op
     for row in rows.values():
         row.pop("recipe")
     return {"settings": {"epochs": epochs, "limit": limit, "img_size": IMG, "batch_timed": BATCH, "repeats": repeats,
-                         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                         "processor": platform.processor() or platform.machine(),
+                         "torch_threads": torch.get_num_threads(), "machine": machine_info(),
                          "recipe": {k: recipe[k] for k in ("data", "batch_size", "lr", "weight_decay", "warmup_epochs",
                                                            "label_smoothing", "drop_path_rate", "seed")},
                          "layout": NANO},

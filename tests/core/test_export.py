@@ -36,3 +36,21 @@ def test_failed_check_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "differs from PyTorch" in err and "not written" in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name,meta", [("convformer_nano", {}), ("convformer_pose_t1", {}), ("cfsr_x2", {}),
+                                       ("conformer_ctc_xs", {"vocabulary": '{"chars": " abcdefghijklmnopqrstuvwxyz\'"}'})])
+def test_export_reads_the_weight_file_once(tmp_path, name, meta, monkeypatch):
+    """Every task's export path reads the weight file (its tensors) exactly once; the model it builds is
+    the one the file holds (the export's own check then compares it with onnxruntime)."""
+    from convformer.weights import io as wio
+    kwargs = {"num_classes": 10} if name == "convformer_nano" else {"vocab_size": 28} if name.startswith("conf") else {}
+    model = convformer.create_model(name, **kwargs).eval()
+    weights = convformer.save_weights(model, tmp_path / "w.safetensors", metadata=meta)
+    reads, real = [], wio.load_file
+    monkeypatch.setattr(wio, "load_file", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    args = ["export", str(tmp_path / "m.onnx"), "--weights", str(weights)]
+    if name == "cfsr_x2":  # SR exports at any size, so it names its model and size
+        args += ["--model", name, "--img-size", "16"]
+    assert main(args) == 0
+    assert reads == [str(weights)]

@@ -193,8 +193,9 @@ class SpeechRecognition(Task):
 
 
 # ---- inference -------------------------------------------------------------------------------------------
-def load_asr(weights: str, model_name: str | None = None):
-    """(model in eval mode, vocabulary) from our weight file (its metadata names both) or a NeMo ``.nemo``."""
+def load_asr(weights: str, model_name: str | None = None, loaded: tuple | None = None):
+    """(model in eval mode, vocabulary) from our weight file (its metadata names both) or a NeMo ``.nemo``;
+    ``loaded`` is the file's (state dict, metadata) where the caller has read it already."""
     from convformer.registry import create_model
     from convformer.weights import load_weights, read_state_dict
     if str(weights).endswith(".nemo"):
@@ -205,7 +206,7 @@ def load_asr(weights: str, model_name: str | None = None):
             raise ConvformerError(f"{weights} has a subword vocabulary; only character vocabularies load from "
                                   ".nemo so far")
         return model, CharVocabulary("".join(symbols))
-    state, meta = read_state_dict(weights)
+    state, meta = loaded or read_state_dict(weights)
     name = model_name or meta.get("architecture")
     if not name:
         raise ConvformerError(f"{weights} does not say which model it holds; pass --model NAME")
@@ -213,7 +214,7 @@ def load_asr(weights: str, model_name: str | None = None):
         raise ConvformerError(f"{weights} does not record its vocabulary (not saved by `convformer asr train`)")
     vocab = vocabulary_from_meta(meta["vocabulary"])
     model = create_model(name, vocab_size=len(vocab))
-    load_weights(model, state)
+    load_weights(model, state, metadata=meta, source_name=weights)
     return model.eval(), vocab
 
 

@@ -8,12 +8,8 @@ front when no other entry is at least as fast and at least as accurate, and stri
 """
 from __future__ import annotations
 
-import datetime
 import json
-import os
-import platform
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -21,6 +17,7 @@ import torch
 from convformer.errors import ConvformerError
 from convformer.fileio import atomic_write
 from convformer.registry import list_models, model_card
+from convformer.bench.measure import machine_info
 from convformer.bench.runner import run_benchmark
 
 
@@ -32,19 +29,17 @@ class Entry:
     source: str          # where ``top1`` comes from
 
 
-_LOWFORMER = "LowFormer paper (Nottebaum, Dunnhofer, Micheloni), ImageNet-1k table"
 _CPUBONE = "CPUBone official README, ImageNet-1K table (github.com/altair199797/CPUBone)"
 _TIMM_CSV = "timm results/results-imagenet.csv"
 
 DEFAULT_ENTRIES = [
-    *[Entry(f"lowformer_{v}{fast}", top1, "LowFormer (ours)", _LOWFORMER)
-      for v, top1 in (("b0", 78.4), ("b1", 79.9), ("b15", 81.2), ("b3", 83.6)) for fast in ("", "@fast")],
-    *[Entry(f"{name}{fast}", top1, family, "MetaFormer baselines paper (Yu et al., 2022)")
-      for name, top1, family in (("convformer_s18", 83.0, "ConvFormer (ours)"),
-                                 ("caformer_s18", 83.6, "CAFormer (ours)"),
-                                 ("poolformerv2_s12", 78.0, "PoolFormerV2 (ours)")) for fast in ("", "@fast")],
-    *[Entry(f"timm:lowformer_{v}", top1, "LowFormer (timm)", _LOWFORMER)
-      for v, top1 in (("b0", 78.4), ("b1", 79.9), ("b15", 81.2), ("b3", 83.6))],
+    # our models, and timm's ports of the same networks: the top-1 is our model card's (None here)
+    *[Entry(f"lowformer_{v}{fast}", None, "LowFormer (ours)", "") for v in ("b0", "b1", "b15", "b3")
+      for fast in ("", "@fast")],
+    *[Entry(f"{name}{fast}", None, family, "")
+      for name, family in (("convformer_s18", "ConvFormer (ours)"), ("caformer_s18", "CAFormer (ours)"),
+                           ("poolformerv2_s12", "PoolFormerV2 (ours)")) for fast in ("", "@fast")],
+    *[Entry(f"timm:lowformer_{v}", None, "LowFormer (timm)", "") for v in ("b0", "b1", "b15", "b3")],
     # timm's *_bfrobust variants have the paper's B1/B2 parameter counts (12.4M / 23.9M)
     Entry("timm:cpubone_b1_bfrobust", 78.7, "CPUBone (timm)", _CPUBONE),
     Entry("timm:cpubone_b2_bfrobust", 80.3, "CPUBone (timm)", _CPUBONE),
@@ -86,9 +81,10 @@ def entry_for(spec: str) -> Entry:
 
 
 def _top1(entry: Entry) -> tuple[float | None, str]:
-    """Our model card's in1k_224 figure for our models (one source of truth), else the entry's."""
+    """Our model card's in1k_224 figure for our models and for timm's ports of them (one source of truth),
+    else the entry's (other timm models: the published figure the entry cites)."""
     name, is_timm = _model_name(entry.spec)
-    if not is_timm:
+    if not is_timm or entry.top1 is None:
         try:
             value = model_card(name).metrics.get("in1k_224")
         except ConvformerError:
@@ -106,27 +102,6 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:
     def dominates(a, b):
         return a[0] >= b[0] and a[1] >= b[1] and a != b
     return {k for k, p in points.items() if not any(dominates(q, p) for q in points.values())}
-
-
-def machine_info() -> dict:
-    """What the numbers depend on: CPU, cores, threads, library versions, date."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for package in ("torch", "timm", "onnxruntime"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {"cpu": cpu, "platform": platform.platform(), "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), **versions,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 def run_leaderboard(entries: list[Entry] | None = None, img_size=224, batch: int = 32, repeats: int = 5,
@@ -195,7 +170,7 @@ def format_leaderboard(report: dict) -> str:
         rows.append(f"skipped {skip['spec']}: {skip['reason']}")
     m = report["machine"]
     rows.append("top-1: published ImageNet-1k at 224 px; T / L: on the Pareto front of img/s / latency vs top-1")
-    rows.append(f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} threads, "
+    rows.append(f"{m['cpu']}, {m['cores']} cores, {m['threads']} threads, "
                 f"input {s['img_size'][0]}x{s['img_size'][1]}, {m['date']}")
     return "\n".join(rows)
 
@@ -209,7 +184,7 @@ def markdown_table(report: dict) -> str:
         lines.append(f"| `{r['spec']}` | {_fmt(r['top1'], '.1f')} | {r['params'] / 1e6:.1f} | {r['macs'] / 1e9:.2f} "
                      f"| {r['images_per_s']:.1f} | {_fmt(r['latency_ms'], '.1f')} | {_marks(r)} |")
     lines.append("")
-    lines.append(f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} threads; torch {m['torch']}, timm {m['timm']}, "
+    lines.append(f"{m['cpu']}, {m['cores']} cores, {m['threads']} threads; torch {m['torch']}, timm {m['timm']}, "
                  f"onnxruntime {m['onnxruntime']}; {s['img_size'][0]}x{s['img_size'][1]} input, {m['date']}. "
                  "T / L: on the Pareto front of throughput / latency against published top-1.")
     lines += [f"Skipped `{skip['spec']}`: {skip['reason']}." for skip in report["skipped"]]
@@ -248,7 +223,7 @@ def _plot(report: dict, path: str) -> None:
     s, m = report["settings"], report["machine"]
     ax.set_xlabel(f"images / s, batch {s['batch']}, {s['img_size'][0]}x{s['img_size'][1]} (log scale)")
     ax.set_ylabel("ImageNet-1k top-1 % (published)")
-    ax.set_title(f"{m['cpu']}, {m['torch_threads']} threads", fontsize=9)
+    ax.set_title(f"{m['cpu']}, {m['threads']} threads", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()

@@ -88,3 +88,29 @@ def training_step(model: torch.nn.Module, batch: torch.Tensor) -> Callable[[], N
         loss.backward()
         optimizer.step()
     return step
+
+
+def machine_info() -> dict:
+    """What every benchmark's numbers depend on, recorded with them: CPU model, cores, torch threads,
+    library versions and the date (the one description all reports share)."""
+    import datetime
+    import os
+    import platform
+    from importlib import metadata
+    from pathlib import Path
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for package in ("torch", "timm", "onnxruntime"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"cpu": cpu, "platform": platform.platform(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            **versions, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

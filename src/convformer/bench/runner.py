@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ from convformer.errors import ConvformerError
 from convformer.registry import model_card
 from convformer.bench.candidates import build_candidate, default_size, parse_size, sample_shape
 from convformer.bench.counts import count_macs, count_params
-from convformer.bench.measure import interleaved, matmul_ceiling, training_step
+from convformer.bench.measure import interleaved, machine_info, matmul_ceiling, training_step
 from convformer.bench.memory import measure_peak_memory
 
 
@@ -82,8 +81,7 @@ def run_benchmark(specs: list[str], img_size=None, batch: int = 32, repeats: int
             if train and "train_throughput" in results[spec]:
                 results[spec]["train_peak_mb"] = measure_peak_memory(spec, hw, batch, True, threads,
                                                                        pretrained=pretrained)["peak_mb"]
-    return {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                        "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+    return {"machine": machine_info(),
             "settings": {"img_size": list(hw), "batch": batch, "repeats": repeats, "warmup": warmup,
                          "pretrained": pretrained},
             "matmul_ceiling_gflops": ceiling / 1e9, "results": list(results.values())}

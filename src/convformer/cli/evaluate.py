@@ -19,10 +19,11 @@ from convformer.weights import load_weights, read_state_dict
 from convformer.cli.app import app
 
 
-def model_from_weights(weights: str, model_name: Optional[str] = None, img_size: Optional[int] = None):
-    """Create the model a weight file was saved from (its metadata) and load the weights.
-    Returns (model, metadata)."""
-    state, meta = read_state_dict(weights)
+def model_from_weights(weights: str, model_name: Optional[str] = None, img_size: Optional[int] = None,
+                       loaded: Optional[tuple] = None):
+    """Create the model a weight file was saved from (its metadata) and load the weights; ``loaded`` is
+    the file's (state dict, metadata) where the caller has read it already. Returns (model, metadata)."""
+    state, meta = loaded or read_state_dict(weights)
     name = model_name or meta.get("architecture")
     if not name:
         raise ConvformerError(f"{weights} does not say which model it holds; pass --model NAME")
@@ -34,7 +35,7 @@ def model_from_weights(weights: str, model_name: Optional[str] = None, img_size:
     size = img_size or int(meta.get("img_size", card.input_size[-1]))
     extra = json.loads(meta.get("model_kwargs", "{}"))  # e.g. the mixers of a `metaformer` run
     model = create_model(name, num_classes=num_classes, img_size=size, **extra)
-    load_weights(model, state if not meta else weights)
+    load_weights(model, state, metadata=meta, source_name=weights)
     return model.eval(), meta
 
 

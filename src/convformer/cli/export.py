@@ -1,6 +1,7 @@
 """`convformer export`: ONNX export (dynamic batch) verified in onnxruntime."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -9,14 +10,14 @@ from convformer.errors import ConvformerError
 from convformer.export import export_onnx
 from convformer.optimize import optimize_for_export
 from convformer.registry import create_model, model_card
+from convformer.weights import load_weights
 from convformer.cli.app import app
 from convformer.cli.evaluate import model_from_weights
 
 
-def _task(model: Optional[str], weights: Optional[str]) -> str:
-    """The task of the model named, or else of the one the weight file says it holds."""
-    from convformer.weights import read_state_dict
-    name = model or (read_state_dict(weights)[1].get("architecture", "") if weights else "")
+def _task(model: Optional[str], meta: dict) -> str:
+    """The task of the model named, or else of the one the weight file's metadata says it holds."""
+    name = model or meta.get("architecture", "")
     try:
         return model_card(name).task
     except ConvformerError:
@@ -36,12 +37,16 @@ def export(
                                                         "[default: the model's smallest]."),
 ):
     """Export to ONNX and check onnxruntime's outputs against PyTorch's."""
-    task = _task(model, weights)
+    from convformer.weights import read_state_dict
+    # read once; a .nemo archive, or a card's weight tag (SR), goes to its loader as it is
+    loaded = read_state_dict(weights) if weights and Path(weights).is_file() and not weights.endswith(".nemo") \
+        else None
+    task = _task(model, loaded[1] if loaded else {})
     if task == "speech":  # the streaming step, caches in and out
         from convformer.asr.task import load_asr, stream_chunk
         from convformer.asr.stream_onnx import export_stream_step
         from convformer.asr.streaming import StreamingConformer
-        net = load_asr(weights, model)[0] if weights else create_model(model).eval()
+        net = load_asr(weights, model, loaded)[0] if weights else create_model(model).eval()
         chunk = stream_chunk(StreamingConformer(net.encoder), chunk_ms)
         result = export_stream_step(net, output, chunk, opset=opset, atol=atol)
         typer.echo(f"wrote {result['path']} (opset {opset}, streaming step of {result['chunk_ms']} ms: features "
@@ -49,8 +54,8 @@ def export(
                    f"|onnxruntime - PyTorch| over a streamed utterance = {result['max_abs_diff']:.2e}")
         return
     if task == "pose":
-        from convformer.pose.cli import load_lifter
-        net = load_lifter(weights, model)[0] if weights else create_model(model).eval()
+        from convformer.pose.task import load_lifter
+        net = load_lifter(weights, model, loaded=loaded)[0] if weights else create_model(model).eval()
         net = optimize_for_export(net)  # always: the fused attention kernels must be graph constants
         shape = net.model_card.input_size
         result = export_onnx(net, output, 1, opset=opset, atol=atol, input_shape=shape)
@@ -58,12 +63,14 @@ def export(
                    f"dynamic batch); max |onnxruntime - PyTorch| = {result['max_abs_diff']:.2e}")
         return
     if model and model_card(model).task == "super-resolution":  # any image size; weights of either layout
-        net = create_model(model, **({"pretrained": weights} if weights else {})).eval()
+        net = create_model(model, **({"pretrained": weights} if weights and not loaded else {})).eval()
+        if loaded:
+            load_weights(net, loaded[0], metadata=loaded[1], source_name=weights)
         size, in_chans, dynamic = (img_size, img_size) if img_size else model_card(model).input_size[-2:], 3, \
             "dynamic batch, height and width"
     else:
         if weights:
-            net, _ = model_from_weights(weights, model, img_size)
+            net, _ = model_from_weights(weights, model, img_size, loaded)
         elif model:
             net = create_model(model, **({"img_size": img_size} if img_size else {})).eval()
         else:

@@ -16,6 +16,7 @@ import typer
 from convformer.pose.config import PoseTrainConfig
 from convformer.errors import ConvformerError
 from convformer.engine import options
+from convformer.pose.task import load_lifter
 
 app = typer.Typer(no_args_is_help=True, help="3-D human pose: train/evaluate lifters, lift 2-D keypoints.")
 
@@ -79,28 +80,6 @@ def train_cmd(
                f"{result['val_p_mpjpe']:.1f} mm (best MPJPE {result['best_mpjpe']:.1f} mm, {result['val_count']} "
                f"windows) after {result['epochs']} epochs in {result['seconds']:.0f}s")
     typer.echo(f"run folder: {result['folder']}")
-
-
-def load_lifter(weights: str, model: Optional[str] = None, fast: bool = False):
-    """The lifter a weight file was saved from (its metadata names it), with the weights loaded."""
-    from convformer.registry import create_model
-    from convformer.weights import load_weights, read_state_dict
-    from convformer.pose.task import receptive_field
-    _, meta = read_state_dict(weights)
-    name = model or meta.get("architecture")
-    if not name:
-        raise ConvformerError(f"{weights} does not say which model it holds; pass --model NAME")
-    receptive_field(name)  # a clear error for a non-pose model
-    kwargs = {"seq2seq": True} if meta.get("seq2seq") == "True" else {}
-    if meta.get("attention"):
-        kwargs["attention"] = meta["attention"]
-    net = create_model(name, **kwargs)
-    load_weights(net, weights)
-    net.eval()
-    if fast:
-        from convformer.optimize import optimize
-        net = optimize(net)
-    return net, meta
 
 
 @app.command("eval")

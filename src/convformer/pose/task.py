@@ -204,3 +204,25 @@ def evaluate_sequences(model, sequences, flip_tta: bool = True, batch_size: int 
     if mpjve_mm:
         mpjve_mm["Average"] = sum(mpjve_mm.values()) / len(mpjve_mm)
     return table, mpjve_mm
+
+
+def load_lifter(weights: str, model: str | None = None, fast: bool = False, loaded: tuple | None = None):
+    """The lifter a weight file was saved from (its metadata names it), with the weights loaded; ``loaded``
+    is the file's (state dict, metadata) where the caller has read it already. Returns (model, metadata)."""
+    from convformer.registry import create_model
+    from convformer.weights import load_weights, read_state_dict
+    state, meta = loaded or read_state_dict(weights)
+    name = model or meta.get("architecture")
+    if not name:
+        raise ConvformerError(f"{weights} does not say which model it holds; pass --model NAME")
+    receptive_field(name)  # a clear error for a non-pose model
+    kwargs = {"seq2seq": True} if meta.get("seq2seq") == "True" else {}
+    if meta.get("attention"):
+        kwargs["attention"] = meta["attention"]
+    net = create_model(name, **kwargs)
+    load_weights(net, state, metadata=meta, source_name=weights)
+    net.eval()
+    if fast:
+        from convformer.optimize import optimize
+        net = optimize(net)
+    return net, meta

@@ -50,16 +50,19 @@ def save_weights(model: nn.Module, path: str | os.PathLike, layout: str = "convf
     return save_state_dict(state, path, meta)
 
 
-def load_weights(model: nn.Module, source, strict: bool = True, new_classifier_ok: bool = False) -> str:
+def load_weights(model: nn.Module, source, strict: bool = True, new_classifier_ok: bool = False, *,
+                 metadata: dict | None = None, source_name: str | None = None) -> str:
     """Load a weight file or state dict in our, timm's or the official layout into ``model``.
 
     Returns the detected layout. Any missing, unexpected or mis-shaped key raises ConvformerError
     listing them; ``new_classifier_ok`` (fine-tuning) lets a classifier of another size be skipped and
     adapts the first convolution to a model with another number of input channels (as timm does).
+    A caller that has read the file already (``read_state_dict``) passes the state dict with its
+    ``metadata`` and ``source_name`` (the file, for messages), so the file is read once.
     """
-    where = str(source) if not isinstance(source, dict) else "state dict"
+    where = str(source) if not isinstance(source, dict) else (str(source_name) if source_name else "state dict")
     if isinstance(source, dict):
-        state, meta = dict(source), {}
+        state, meta = dict(source), dict(metadata or {})
     else:
         state, meta = read_state_dict(source)
     own = model.state_dict()
