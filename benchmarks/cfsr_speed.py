@@ -3,7 +3,7 @@
 The standard efficiency setting of super-resolution papers: a 1280x720 output, so a 320x180 input for
 x4 (640x360 for x2, 426x240 for x3), batch 1, fp32 and bf16. All candidates carry the official
 weights (``--pretrained``), and the counts (params, MACs) are our network's, which computes the same
-function as the ONNX file (tests/test_cfsr.py).
+function as the ONNX file (tests/sr/test_cfsr.py).
 
     python benchmarks/cfsr_speed.py [--scales 4] [--repeats 5] [--no-bf16]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import convformer
-from convformer.cli.evaluate import model_from_weights
+from convformer.vision.inference import model_from_weights
 from convformer.vision.digits import DigitsDataset, load_digits_tensors
 from convformer.sr.data import BUNDLED_PHOTOS, bundled_photo
 from convformer.sr.task import score_image

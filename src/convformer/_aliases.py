@@ -52,6 +52,9 @@ MOVED_MODULES = {
     "convformer.cli.pose": "convformer.pose.cli",
     "convformer.cli.asr": "convformer.asr.cli",
     "convformer.cli.options": "convformer.engine.options",
+    "convformer.cli.train": "convformer.vision.cli",
+    "convformer.cli.evaluate": "convformer.vision.cli",
+    "convformer.cli.predict": "convformer.vision.cli",
 }
 
 # old packages that no longer exist -> the module whose names they exported (None: submodules only)

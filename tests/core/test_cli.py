@@ -71,7 +71,7 @@ def test_predict_labels_digit_images(digits_run, tmp_path, capsys):
 
 
 def test_imagenet_class_names_offline():
-    from convformer.cli.predict import imagenet_classes
+    from convformer.vision.inference import imagenet_classes
     names = imagenet_classes()
     assert len(names) == 1000 and names[0] == "tench" and names[207] == "golden retriever"
 

@@ -20,7 +20,7 @@ app = typer.Typer(no_args_is_help=True, help="Speech recognition: train/evaluate
 
 
 @app.command("train")
-@options.trains(AsrTrainConfig)
+@options.uses_config(AsrTrainConfig)
 def train_cmd(
     model: Optional[str] = typer.Option(None, help="Speech model [default: conformer_ctc_xs]."),
     data: Optional[str] = typer.Option(None, help="'bundled' (the espeak-ng corpus, data/speech) [default] or a "

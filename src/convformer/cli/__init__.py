@@ -1,4 +1,4 @@
-"""The ``convformer`` command: the image commands (modules here) and each system's sub-commands.
+"""The ``convformer`` command: the cross-system commands (modules here) and each system's commands.
 
 Exit codes: 0 success; 2 a usage error (unknown command or option, missing argument: the command's usage
 line and a close match, as click prints them) or a user-facing problem (ConvformerError: one line);
@@ -13,14 +13,17 @@ import sys
 
 import typer
 
-from convformer.cli import bench, evaluate, export, models, predict, train  # noqa: F401  (register commands)
+from convformer.cli import bench, export, models  # noqa: F401  (register the cross-system commands)
 from convformer.cli.app import app
 from convformer.errors import ConvformerError
 from convformer.asr import cli as asr_cli
 from convformer.pose import cli as pose_cli
 from convformer.sr import cli as sr_cli
+from convformer.vision import cli as vision_cli
 
-# each system's sub-commands, mounted under its name (the systems know nothing of this app)
+# each system's commands, mounted under its name (the systems know nothing of this app); the image
+# commands (train, eval, predict) are the app's top-level ones
+app.add_typer(vision_cli.app)
 app.add_typer(sr_cli.app, name="sr")
 app.add_typer(pose_cli.app, name="pose")
 app.add_typer(asr_cli.app, name="asr")
@@ -52,9 +55,9 @@ def _show_value(value) -> str:
 
 
 def _config_defaults(callback) -> dict:
-    """The defaults of the configuration class a training command resolves (see ``options.trains``)."""
+    """The defaults of the configuration class a training command resolves (see ``options.uses_config``)."""
     cls = getattr(callback, "config_class", None) or getattr(getattr(callback, "__wrapped__", None),
-                                                             "config_class", None)
+                                                             "config_class", None)  # see options.uses_config
     if cls is None:
         return {}
     values = {}
@@ -79,8 +82,8 @@ def show_defaults(command) -> None:
         note = _DEFAULT_NOTE.search(help_text)
         help_text = _DEFAULT_NOTE.sub("", help_text)
         value = defaults.get(param.name)
-        if param.default is None:
-            if value is not None and value is not False:  # (an absent flag is off: nothing to show)
+        if param.default is None and not getattr(param, "required", False):
+            if not (value is None or value is False or value == ""):  # (an absent flag is off: nothing to show)
                 # the configuration is the one source of a default; a note may only add to it
                 shown = _show_value(value)
                 param.show_default = note.group(1) if note and _same(note.group(1), value) else shown

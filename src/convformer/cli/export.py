@@ -12,7 +12,7 @@ from convformer.optimize import optimize_for_export
 from convformer.registry import create_model, model_card
 from convformer.weights import load_weights
 from convformer.cli.app import app
-from convformer.cli.evaluate import model_from_weights
+from convformer.vision.inference import model_from_weights
 
 
 def _task(model: Optional[str], meta: dict) -> str:

@@ -38,9 +38,9 @@ def run_training_command(config_cls, config_file: Optional[str], flags: dict, qu
     return cfg, train(cfg, progress=not quiet, given=given)
 
 
-def trains(config_cls):
-    """Mark a training command with the configuration class it resolves, so that its --help shows the
-    configuration's defaults for the options it leaves None (``convformer.cli.show_defaults``)."""
+def uses_config(config_cls):
+    """Mark a command with the configuration class it resolves (``build_config``), so that its --help shows
+    the configuration's defaults for the options it leaves None (``convformer.cli.show_defaults``)."""
     def mark(fn):
         fn.config_class = config_cls
         return fn

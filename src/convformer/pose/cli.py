@@ -22,7 +22,7 @@ app = typer.Typer(no_args_is_help=True, help="3-D human pose: train/evaluate lif
 
 
 @app.command("train")
-@options.trains(PoseTrainConfig)
+@options.uses_config(PoseTrainConfig)
 def train_cmd(
     model: Optional[str] = typer.Option(None, help="Lifter [default: convformer_pose_t27]; see `convformer models`."),
     data: Optional[str] = typer.Option(None, help="'synthetic' [default] or a folder with data_3d_h36m.npz and "

@@ -121,7 +121,7 @@ def _write_eval(folder: Path, rows: list, mean: dict, crops: list, size: int = 9
 
 
 @app.command("train")
-@options.trains(SRTrainConfig)
+@options.uses_config(SRTrainConfig)
 def train_cmd(
     model: Optional[str] = typer.Option(None, help="cfsr_x2, cfsr_x3 or cfsr_x4 [default: cfsr_x2]."),
     data: Optional[str] = typer.Option(None, help="'photos' (scikit-image's bundled photos) or a folder of HR images."),

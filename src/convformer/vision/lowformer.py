@@ -10,7 +10,7 @@ twice (1x1 conv + BN + Hardswish before pooling, Linear + LayerNorm + Hardswish 
 
 Activations are (B, C, H, W): every layer is a convolution or BatchNorm, which PyTorch runs in NCHW
 or, after ``convformer.optimize``, channels-last memory. The timm API comes from ``PyramidClassifier``.
-Weights load from timm's and the official layout; ``weights/lowformer_keys.py`` holds the key maps.
+Weights load from timm's and the official layout; ``vision/lowformer_keys.py`` holds the key maps.
 """
 from dataclasses import dataclass, replace
 from typing import List, Optional, Sequence
@@ -226,7 +226,7 @@ class LowFormer(PyramidClassifier):
 
     @torch.jit.ignore
     def convert_weights(self, state: dict, own: dict) -> tuple[dict, str]:
-        """Rename timm's or the official layout's keys to ours (see ``weights/lowformer_keys.py``)."""
+        """Rename timm's or the official layout's keys to ours (see ``vision/lowformer_keys.py``)."""
         from convformer.vision.lowformer_keys import to_our_names
         return to_our_names(state, self.cfg)
 

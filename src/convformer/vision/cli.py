@@ -1,4 +1,6 @@
-"""`convformer train`: train a model (default: a small ConvFormer on the bundled digits).
+"""The image-classification commands, mounted at the top level of the `convformer` app: `train` (default:
+a small ConvFormer on the bundled digits), `eval` (weights on the digits test split or a folder's val/) and
+`predict` (top-k labels for image files).
 
 Several processes: ``torchrun --nproc_per_node N --no-python convformer train ...`` (or
 ``torchrun ... -m convformer train ...``); --batch-size is per process.
@@ -6,21 +8,31 @@ Several processes: ``torchrun --nproc_per_node N --no-python convformer train ..
 from __future__ import annotations
 
 import json
-from typing import Optional
+from pathlib import Path
+from typing import List, Optional
 
+import torch
 import typer
+from torch.utils.data import DataLoader
 
-from convformer.vision.config import TrainConfig
+from convformer.engine import build_config, options
+from convformer.engine.distributed import resolve_device
 from convformer.errors import ConvformerError
+from convformer.optimize import optimize
+from convformer.registry import create_model
+from convformer.vision.config import EvalConfig, TrainConfig
+from convformer.vision.data import build_image_data, eval_transform, open_image
+from convformer.vision.evaluate import evaluate
+from convformer.vision.inference import class_names, model_from_weights, preprocessing
 from convformer.vision.presets import PRESETS
-from convformer.cli.app import app
-from convformer.engine import options
+
+app = typer.Typer()
 
 _PRESET_HELP = "Recipe: " + "; ".join(f"{k} ({v})" for k, v in PRESETS.items()) + "."
 
 
 @app.command()
-@options.trains(TrainConfig)
+@options.uses_config(TrainConfig)
 def train(
     model: Optional[str] = typer.Option(None, help="Registered model name [default: convformer_nano]."),
     data: Optional[str] = typer.Option(None, help="'digits' (built in) or a folder with train/ and val/."),
@@ -94,3 +106,77 @@ def _json_mapping(flag: str, text: Optional[str]) -> Optional[dict]:
     if not isinstance(value, dict):
         raise ConvformerError(f"{flag} must be a JSON object of option: value, got {text!r}")
     return value
+
+
+@app.command("eval")
+@options.uses_config(EvalConfig)
+def evaluate_cmd(
+    weights: str = typer.Argument(..., help="Weight file (.safetensors from `convformer train`, or timm/official)."),
+    model: Optional[str] = typer.Option(None, help="Model name, if the file does not record it."),
+    data: Optional[str] = typer.Option(None, help="'digits' or a folder with val/ [default: digits]."),
+    img_size: Optional[int] = typer.Option(None, help="Input size [default: from the weights or card]."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size [default: 128]."),
+    workers: Optional[int] = typer.Option(None, help="Data-loader workers [default: 0]."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda ... [default: auto]."),
+    config: Optional[str] = typer.Option(None, help="YAML/JSON file of options."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    fast: bool = typer.Option(False, "--fast", help="Run the folded inference model (convformer.optimize)."),
+):
+    """Report loss, top-1 and top-5 accuracy."""
+    flags = {k: v for k, v in locals().items() if k not in ("config", "as_json", "fast")}
+    cfg = build_config(EvalConfig, config, **flags)
+    net, meta = model_from_weights(cfg.weights, cfg.model, cfg.img_size)
+    size = net.cfg.img_size
+    pre = preprocessing(net, meta)
+    data_set = build_image_data(cfg.data, size, pre["mean"], pre["std"], pre["crop_pct"], pre["interpolation"],
+                                need_train=False)
+    if net.num_classes != len(data_set.classes):
+        raise ConvformerError(f"the weights predict {net.num_classes} classes but {cfg.data} has "
+                              f"{len(data_set.classes)}; evaluate on the data the model was trained for")
+    device = resolve_device(cfg.device)
+    loader = DataLoader(data_set.val, batch_size=cfg.batch_size, num_workers=cfg.workers)
+    runner = optimize(net.to(device)) if fast else net.to(device)
+    result = evaluate(runner, loader, device, progress=True)
+    if as_json:
+        typer.echo(json.dumps({"model": net.model_card.name, "data": cfg.data, "fast": fast, **result}))
+    else:
+        typer.echo(f"{net.model_card.name} on {cfg.data}: top-1 {result['top1']:.2f}%  top-5 "
+                   f"{result['top5']:.2f}%  loss {result['loss']:.4f}  ({result['count']} images)")
+
+
+@app.command()
+def predict(
+    images: List[Path] = typer.Argument(..., help="Image files."),
+    weights: Optional[str] = typer.Option(None, help="Weight file (ours, timm or official layout); without it,\n        the card's published weights are fetched from the hub."),
+    model: Optional[str] = typer.Option(None, help="Model name [default: from the weight file]."),
+    top: int = typer.Option(5, help="How many labels per image."),
+    as_json: bool = typer.Option(False, "--json", help="Print predictions as JSON."),
+    fast: bool = typer.Option(False, "--fast", help="Run the folded inference model (convformer.optimize)."),
+):
+    """Print the top labels with probabilities for each image."""
+    if weights:
+        net, meta = model_from_weights(weights, model)
+    elif model:  # the card's published weights, through the hub
+        net, meta = create_model(model, pretrained=True).eval(), {}
+    else:
+        raise ConvformerError("pass --weights FILE (and --model NAME if the file does not record it)")
+    pre = preprocessing(net, meta)
+    transform = eval_transform(net.cfg.img_size, pre["mean"], pre["std"], pre["crop_pct"], pre["interpolation"])
+    names = class_names(meta, net.num_classes)
+    batch = torch.stack([transform(open_image(p)) for p in images])  # every file read before any output
+    runner = optimize(net) if fast else net
+    with torch.inference_mode():
+        probs = runner(batch).softmax(dim=1)
+    k = min(top, probs.shape[1])
+    values, indices = probs.topk(k, dim=1)
+    results = []
+    for path, vals, idxs in zip(images, values, indices):
+        preds = [{"label": names[int(i)], "index": int(i), "prob": round(float(v), 5)} for v, i in zip(vals, idxs)]
+        results.append({"image": str(path), "top": preds})
+    if as_json:
+        typer.echo(json.dumps(results, indent=1))
+        return
+    for res in results:
+        typer.echo(res["image"])
+        for p in res["top"]:
+            typer.echo(f"  {p['prob'] * 100:6.2f}%  {p['label']}")
