@@ -68,10 +68,18 @@ REPRESENTATIVES = {"identityformer": "identityformer_s12", "randformer": "randfo
                    "poolformer": "poolformer_s12", "poolformerv2": "poolformerv2_s12", "convformer": "convformer_s18",
                    "caformer": "caformer_s18", "cfsr": "cfsr_x4", "conformer_ctc": "conformer_ctc_xs",
                    "fastconformer_ctc": "fastconformer_ctc_s", "convformer_pose": "convformer_pose_t9",
-                   "poseformer": "poseformer_t9"}
+                   "poseformer": "poseformer_t9", "lowformer:lowformer_b0": "lowformer_b0",
+                   "lowformer:lowformer_e1": "lowformer_e1"}
+
+
+# LowFormer's variants share their prefix but have three block structures (see tests/vision/test_models.py)
+SAME_STRUCTURE = {"lowformer_b1": "lowformer_b0", "lowformer_b15": "lowformer_b0", "lowformer_b3": "lowformer_b0",
+                  "lowformer_e2": "lowformer_e1"}
 
 
 def family(name: str) -> str:
+    if name in SAME_STRUCTURE or name in SAME_STRUCTURE.values():
+        return "lowformer:" + SAME_STRUCTURE.get(name, name)
     return name.rpartition("_")[0] or name
 
 

@@ -11,6 +11,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
+import types
 import warnings
 
 # old module -> the module that holds its code now
@@ -68,6 +69,12 @@ MOVED_NAMES = {
     ("convformer.engine", "TrainConfig"): "convformer.vision.config:TrainConfig",
     ("convformer.engine", "EvalConfig"): "convformer.vision.config:EvalConfig",
     ("convformer.engine", "evaluate"): "convformer.vision.evaluate:evaluate",
+    ("convformer.engine.config", "TrainConfig"): "convformer.vision.config:TrainConfig",
+    ("convformer.engine.config", "EvalConfig"): "convformer.vision.config:EvalConfig",
+    ("convformer.engine.config", "SRTrainConfig"): "convformer.sr.config:SRTrainConfig",
+    ("convformer.engine.config", "PoseTrainConfig"): "convformer.pose.config:PoseTrainConfig",
+    ("convformer.engine.config", "AsrTrainConfig"): "convformer.asr.config:AsrTrainConfig",
+    ("convformer.engine.tasks", "ImageClassification"): "convformer.vision.task:ImageClassification",
 }
 
 
@@ -87,6 +94,24 @@ def moved_name(package: str, name: str):
 
 
 _REAL_SPECS: dict = {}
+
+
+class _KeepsMovedNames(types.ModuleType):
+    """A package whose moved names win over its old submodules of the same name. ``convformer.engine``
+    exported the function ``evaluate`` beside the module ``engine/evaluate.py``; the function was the
+    package's attribute. Importing the old module path binds the alias module to that attribute, which
+    would hide the function: this class ignores that binding, so the name still resolves to the function
+    (through the package's ``__getattr__``), as before the move."""
+
+    def __setattr__(self, name, value):
+        if isinstance(value, types.ModuleType) and (self.__name__, name) in MOVED_NAMES:
+            return
+        super().__setattr__(name, value)
+
+
+def keep_moved_names(module: types.ModuleType) -> None:
+    """Give a package with moved names the behaviour of :class:`_KeepsMovedNames`."""
+    module.__class__ = _KeepsMovedNames
 
 
 class _AliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -151,3 +151,33 @@ def test_public_names_keep_working():
         from convformer.data import build_image_data
     from convformer.vision.data import build_image_data as new_build
     assert build_image_data is new_build
+
+
+def test_names_that_moved_out_of_engine_modules_still_resolve():
+    from convformer.asr.config import AsrTrainConfig
+    from convformer.pose.config import PoseTrainConfig
+    from convformer.sr.config import SRTrainConfig
+    from convformer.vision.task import ImageClassification
+    with pytest.warns(DeprecationWarning):
+        from convformer.engine.config import AsrTrainConfig as a, PoseTrainConfig as p, SRTrainConfig as s
+    with pytest.warns(DeprecationWarning):
+        from convformer.engine.tasks import ImageClassification as ic
+    assert (a, p, s, ic) == (AsrTrainConfig, PoseTrainConfig, SRTrainConfig, ImageClassification)
+    with pytest.raises(ImportError):
+        from convformer.engine.config import NoSuchName  # noqa: F401
+
+
+def test_engine_evaluate_stays_the_function_after_the_old_module_path_is_imported():
+    """Before the move, ``convformer.engine.evaluate`` was both a module and (the package's attribute) the
+    evaluation function; importing the old module path must not turn the attribute into the module."""
+    import sys
+    code = ("import warnings; warnings.simplefilter('ignore')\n"
+            "import convformer.engine.evaluate as m\n"
+            "from convformer.engine.evaluate import evaluate as f1\n"
+            "from convformer.engine import evaluate as f2\n"
+            "from convformer.vision.evaluate import evaluate\n"
+            "assert f1 is f2 is evaluate and callable(f2), (f1, f2)\n"
+            "assert sys.modules['convformer.engine.evaluate'].__name__ == 'convformer.vision.evaluate'\n")
+    import subprocess
+    done = subprocess.run([sys.executable, "-c", "import sys\n" + code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-1500:]

@@ -237,3 +237,25 @@ def test_pretrained_weights_fit_another_number_of_input_channels(tmp_path):
     four = convformer.create_model("convformer_s18", pretrained=str(path), in_chans=4, num_classes=5)
     assert four.stem.conv.weight.shape[1] == 4
     assert torch.allclose(four.stem.conv.weight[:, 3], rgb.stem.conv.weight[:, 0] * 0.75)
+
+
+def test_pickled_globals_names_what_a_protocol_4_pickle_refers_to_through_its_memo(tmp_path):
+    """Protocol 4+ names a global once and fetches the strings from the memo afterwards; the scan follows it
+    (the refusal names the real classes, not fragments of other strings)."""
+    import collections
+    import pickle
+    from convformer.weights.io import pickled_globals
+    for protocol in (2, 4, 5):
+        path = tmp_path / f"p{protocol}.pkl"
+        path.write_bytes(pickle.dumps({"a": collections.Counter("ab"), "b": collections.OrderedDict(x=1),
+                                       "c": RunsACommand(tmp_path / "x")}, protocol=protocol))
+        assert set(pickled_globals(path)) == {"collections.Counter", "collections.OrderedDict", "posix.system"}
+
+
+def test_a_clean_state_dict_in_a_newer_pickle_protocol_is_not_called_foreign(tmp_path):
+    torch.save({"w": torch.zeros(2)}, tmp_path / "p4.pth", pickle_protocol=4)
+    try:
+        state, _ = read_state_dict(tmp_path / "p4.pth")  # a torch that reads it: fine
+        assert torch.equal(state["w"], torch.zeros(2))
+    except ConvformerError as err:
+        assert "refusing" not in str(err) and "safe loader" in str(err)

@@ -138,3 +138,14 @@ def test_two_gloo_processes_equal_one_process_for_sr(sr_data, tmp_path):
     r2 = json.loads((tmp_path / "two" / "metrics.json").read_text())[-1]
     assert r1["train_loss"] == pytest.approx(r2["train_loss"], rel=1e-4)
     assert r1["val_psnr"] == pytest.approx(r2["val_psnr"], abs=1e-3)
+
+
+def test_a_run_folder_not_written_by_the_engine_is_refused_on_resume(sr_data, tmp_path, capsys):
+    """SR runs of the loop before 0.2 have no task in their config.json; resuming one says so (exit 2)."""
+    assert main(_args(sr_data, tmp_path, "old", steps=3)) == 0
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["task"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    assert main(["sr", "train", "--resume", str(tmp_path / "old"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "not written by the training engine" in err and "--pretrained" in err

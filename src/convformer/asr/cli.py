@@ -23,11 +23,11 @@ app = typer.Typer(no_args_is_help=True, help="Speech recognition: train/evaluate
 @options.uses_config(AsrTrainConfig)
 def train_cmd(
     model: Optional[str] = typer.Option(None, help="Speech model [default: conformer_ctc_xs]."),
-    data: Optional[str] = typer.Option(None, help="'bundled' (the espeak-ng corpus, data/speech) [default] or a "
+    data: Optional[str] = typer.Option(None, help="'bundled' (the espeak-ng corpus, data/speech) or a "
                                                   "folder with NeMo-style manifests."),
     train_manifest: Optional[str] = typer.Option(None, help="Training manifest in the folder."),
     val_manifest: Optional[str] = typer.Option(None, help="Validation manifest in the folder."),
-    vocab: Optional[str] = typer.Option(None, help="'chars' [default] or a SentencePiece .model file."),
+    vocab: Optional[str] = typer.Option(None, help="'chars' or a SentencePiece .model file."),
     spec_augment: Optional[bool] = typer.Option(None, "--spec-augment/--no-spec-augment",
                                                 help="SpecAugment on training features [default: on]."),
     epochs: Optional[int] = typer.Option(None, help="Epochs [default: 40]."),
@@ -35,7 +35,7 @@ def train_cmd(
     lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: 2e-3]."),
     weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay [default: 1e-3]."),
     warmup_epochs: Optional[float] = typer.Option(None, help="Linear warm-up epochs [default: 2]."),
-    lr_schedule: Optional[str] = typer.Option(None, help="cosine [default] or exponential."),
+    lr_schedule: Optional[str] = typer.Option(None, help="cosine, exponential (x --lr-decay per epoch) or constant."),
     lr_decay: Optional[float] = typer.Option(None, help="Per-epoch factor of the exponential schedule."),
     ema_decay: Optional[float] = typer.Option(None, help="Keep an EMA of the weights (e.g. 0.999)."),
     pretrained: Optional[str] = typer.Option(None, help="Weight file to start from (ours or NeMo's layout)."),

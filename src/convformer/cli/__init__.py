@@ -127,10 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     except EXITS as err:
         return err.exit_code
     except USAGE_ERRORS as err:  # unknown command or option, missing argument: the usage line, exit 2
-        if debug:
-            raise
-        err.show()
-        return err.exit_code if isinstance(getattr(err, "exit_code", None), int) and err.exit_code else 2
+        err.show()  # (not a bug, so no traceback even with --debug)
+        return 2
     except (*ABORTS, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
         return 130

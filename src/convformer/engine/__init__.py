@@ -11,3 +11,12 @@ __all__ = ["EngineOptions", "Task", "TaskData", "build_config", "train"]
 def __getattr__(name):  # TrainConfig, EvalConfig and evaluate moved to convformer.vision
     from convformer._aliases import moved_name
     return moved_name(__name__, name)
+
+
+def _keep_moved_names():
+    import sys
+    from convformer._aliases import keep_moved_names
+    keep_moved_names(sys.modules[__name__])
+
+
+_keep_moved_names()

@@ -71,3 +71,8 @@ def build_config(cls, config_file: str | None = None, **flags):
 
 def config_dict(cfg) -> dict:
     return asdict(cfg)
+
+
+def __getattr__(name):  # the configurations of the systems moved to their packages (deprecated aliases)
+    from convformer._aliases import moved_name
+    return moved_name(__name__, name)

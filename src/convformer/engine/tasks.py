@@ -81,3 +81,8 @@ def model_options(cfg, task_kwargs: dict) -> dict:
         raise ConvformerError(f"model_kwargs may not set {taken}: the data or a flag sets them "
                               "(--num-classes, --img-size, --drop-path-rate, --head-dropout)")
     return extra
+
+
+def __getattr__(name):  # ImageClassification moved to convformer.vision.task (deprecated aliases)
+    from convformer._aliases import moved_name
+    return moved_name(__name__, name)

@@ -122,6 +122,10 @@ def _resume_config(cfg: EngineOptions, given: set[str]) -> tuple[EngineOptions, 
         raise ConvformerError(f"{saved_file} is missing; a run folder written by `convformer train` is needed "
                               "to resume")
     saved = json.loads(saved_file.read_text())
+    if "task" not in saved:  # e.g. a super-resolution run of the loop SR had before 0.2
+        raise ConvformerError(f"{folder} was not written by the training engine (its config.json names no task), "
+                              f"so it cannot be resumed; start a new run (--pretrained {folder / 'last.safetensors'} "
+                              "starts from its weights)")
     known = {f.name for f in fields(type(cfg))}
     values = {k: v for k, v in saved.items() if k in known}
     for key in given:
@@ -364,11 +368,11 @@ class Run:
         val = _evaluate(task, self.model, self.val_loader, self.device, dist_)
         row = {"epoch": self.epoch, "step": self.global_step, "lr": self.optimizer.param_groups[0]["lr"],
                "train_loss": round(loss_sum / max(seen, 1), 5),
-               f"train_{task.train_stat}": round(stat_sum / max(seen, 1), 3), "val_loss": round(val["loss"], 5),
-               **{f"val_{k}": round(val[k], 3) for k in task.val_metrics}}
+               f"train_{task.train_stat}": round(stat_sum / max(seen, 1), 5), "val_loss": round(val["loss"], 5),
+               **{f"val_{k}": round(val[k], 5) for k in task.val_metrics}}
         if self.ema is not None:
             val_ema = _evaluate(task, self.ema.module, self.val_loader, self.device, dist_)
-            row.update({f"ema_val_{k}": round(val_ema[k], 3) for k in task.val_metrics})
+            row.update({f"ema_val_{k}": round(val_ema[k], 5) for k in task.val_metrics})
         row.update(skipped_steps=self.skipped, time_s=round(time.time() - self.start_time, 1))
         score = task.score(val)
         if dist_.main:

@@ -25,7 +25,7 @@ app = typer.Typer(no_args_is_help=True, help="3-D human pose: train/evaluate lif
 @options.uses_config(PoseTrainConfig)
 def train_cmd(
     model: Optional[str] = typer.Option(None, help="Lifter [default: convformer_pose_t27]; see `convformer models`."),
-    data: Optional[str] = typer.Option(None, help="'synthetic' [default] or a folder with data_3d_h36m.npz and "
+    data: Optional[str] = typer.Option(None, help="'synthetic' or a folder with data_3d_h36m.npz and "
                                                   "data_2d_h36m_<keypoints>.npz (VideoPose3D's files)."),
     keypoints: Optional[str] = typer.Option(None, help="2-D file suffix: gt, cpn_ft_h36m_dbb, ... [default: gt]."),
     train_subjects: Optional[str] = typer.Option(None, help="Training subjects [default: S1,S5,S6,S7,S8]."),
@@ -49,8 +49,8 @@ def train_cmd(
     weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay [default: 0.01]."),
     warmup_epochs: Optional[float] = typer.Option(None, help="Linear warm-up epochs [default: 1]."),
     min_lr: options.MinLr = None,
-    lr_schedule: Optional[str] = typer.Option(None, help="cosine, or exponential (x --lr-decay per epoch, the "
-                                                         "paper's recipe) [default: cosine]."),
+    lr_schedule: Optional[str] = typer.Option(None, help="cosine, exponential (x --lr-decay per epoch, the "
+                                                         "paper's recipe) or constant."),
     lr_decay: Optional[float] = typer.Option(None, help="Per-epoch factor of the exponential schedule."),
     drop_path_rate: Optional[float] = typer.Option(None, help="Stochastic depth [default: 0.1; paper 0.2]."),
     ema_decay: Optional[float] = typer.Option(None, help="Keep an EMA of the weights (e.g. 0.999)."),

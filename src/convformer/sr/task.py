@@ -199,3 +199,12 @@ class SuperResolution(Task):
 
 def _as_list(items: list) -> list:
     return items
+
+
+def train_sr(cfg, progress: bool = True, log=print) -> dict:
+    """Deprecated: SR trains through the engine; this is ``convformer.engine.train(cfg)``."""
+    import warnings
+    from convformer.engine.train import train
+    warnings.warn("convformer.sr.task.train_sr is deprecated; call convformer.engine.train(SRTrainConfig(...))",
+                  DeprecationWarning, stacklevel=2)
+    return train(cfg, progress=progress, log=log)

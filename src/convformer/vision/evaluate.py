@@ -7,6 +7,7 @@ from torch import nn
 
 from convformer.progress import progress_bar
 
+from convformer.engine.distributed import resolve_device  # noqa: F401  (its home before 0.2)
 from convformer.engine.metrics import topk_correct
 
 

@@ -59,10 +59,11 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
             warnings.simplefilter("ignore", UserWarning)
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        foreign = [g for g in pickled_globals(path) if not g.startswith(SAFE_GLOBAL_PREFIXES)]
+        foreign = list(dict.fromkeys(g for g in pickled_globals(path) if not g.startswith(SAFE_GLOBAL_PREFIXES)))
         if not foreign and "unsupported global" not in str(err).lower():  # a damaged pickle, not a foreign one
-            raise ConvformerError(f"cannot read {path}: the file is truncated or not a weight file "
-                                  "(re-download or re-save it)") from err
+            raise ConvformerError(f"cannot read {path}: the file is truncated, not a weight file, or pickled in a "
+                                  "way torch's safe loader does not read (re-download it, or re-save it as "
+                                  "safetensors or with torch.save's default settings)") from err
         # PyTorch's own message goes on to advise an unrestricted load; we never repeat that advice.
         named = f" ({', '.join(foreign[:3])})" if foreign else ""
         raise ConvformerError(
@@ -94,16 +95,25 @@ def pickled_globals(path: str | os.PathLike) -> list[str]:
             data = archive.read(names[0]) if names else b""
     else:
         data = Path(path).read_bytes()
-    stream, found, strings = io.BytesIO(data), [], []
+    stream, found = io.BytesIO(data), []
     try:
         while stream.tell() < len(data):
+            pushed, memo = [], {}  # strings pushed so far, and the memo (protocol 4+ fetches names from it)
             for op, arg, _ in pickletools.genops(stream):
                 if op.name in ("GLOBAL", "INST"):
                     found.append(str(arg).replace(" ", "."))
-                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    found.append(f"{strings[-2]}.{strings[-1]}")
-                elif isinstance(arg, str):
-                    strings.append(arg)
+                elif op.name == "STACK_GLOBAL" and len(pushed) >= 2:
+                    found.append(f"{pushed[-2]}.{pushed[-1]}")
+                elif op.name == "MEMOIZE":
+                    memo[len(memo)] = pushed[-1] if pushed else None
+                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[arg] = pushed[-1] if pushed else None
+                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                    pushed.append(memo.get(arg))
+                elif isinstance(arg, str) and ("UNICODE" in op.name or op.name.endswith("STRING")):
+                    pushed.append(str(arg))
+                else:
+                    pushed.append(None)  # something else is on top: a later STACK_GLOBAL does not take it
     except Exception:  # noqa: BLE001 - a damaged or non-pickle tail ends the scan
         pass
     return found
