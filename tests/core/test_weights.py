@@ -162,7 +162,7 @@ def test_an_os_system_payload_is_refused_as_pickled_objects_in_any_protocol(tmp_
 
 def test_corrupt_pth_is_reported_without_the_unsafe_advice(tmp_path):
     (tmp_path / "bad.pth").write_bytes(b"\x80\x02not really a pickle")
-    with pytest.raises(ConvformerError, match="truncated or not a weight file") as info:
+    with pytest.raises(ConvformerError, match="truncated, not a weight file") as info:
         read_state_dict(tmp_path / "bad.pth")
     assert "False" not in str(info.value)
 
