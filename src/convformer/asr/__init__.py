@@ -4,4 +4,4 @@ and manifests, CTC decoding, the training task, NeMo checkpoints, the streaming 
 
 Importing this package registers the Conformer models with the core.
 """
-from convformer.asr import conformer  # noqa: F401  (register the models)
+from convformer.asr import conformer, hybrid  # noqa: F401  (register the models)

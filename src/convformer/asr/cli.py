@@ -28,6 +28,9 @@ def train_cmd(
     train_manifest: Optional[str] = typer.Option(None, help="Training manifest in the folder."),
     val_manifest: Optional[str] = typer.Option(None, help="Validation manifest in the folder."),
     vocab: Optional[str] = typer.Option(None, help="'chars' or a SentencePiece .model file."),
+    ctc_weight: Optional[float] = typer.Option(None, help="Hybrid models: weight of the CTC loss beside RNN-T's."),
+    decoder: Optional[str] = typer.Option(None, help="Head that decodes in validation: ctc, rnnt (hybrid models) "
+                                                     "or auto (rnnt where there is one)."),
     spec_augment: Optional[bool] = typer.Option(None, "--spec-augment/--no-spec-augment",
                                                 help="SpecAugment on training features [default: on]."),
     epochs: Optional[int] = typer.Option(None, help="Epochs [default: 40]."),

@@ -16,6 +16,8 @@ class AsrTrainConfig(EngineOptions):
     val_manifest: str = "test.jsonl"
     vocab: str = "chars"                 # "chars" or a SentencePiece .model file
     spec_augment: bool = True            # SpecAugment on training features
+    ctc_weight: float = 0.3              # hybrid CTC/RNN-T models: loss = w * ctc + (1 - w) * rnnt
+    decoder: str = "auto"                # head that decodes in validation: "ctc", "rnnt" (hybrids), auto: rnnt if any
     epochs: int = 40
     batch_size: int = 16
     lr: float = 2e-3

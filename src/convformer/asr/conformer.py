@@ -318,16 +318,22 @@ class ConformerCTC(nn.Module):
         return torch.log_softmax(self.head(x), dim=-1), lengths
 
 
-def build_conformer(base: ConformerConfig, **kwargs) -> ConformerCTC:
-    """A CTC Conformer from a registered configuration; keyword arguments override fields."""
+def conformer_config(base: ConformerConfig, extra: tuple = (), **kwargs) -> ConformerConfig:
+    """A registered configuration with keyword arguments overriding its fields (``extra`` names options the
+    caller takes itself)."""
     known = set(ConformerConfig.__dataclass_fields__)
-    unknown = set(kwargs) - known - {"num_classes", "img_size"}
+    unknown = set(kwargs) - known - {"num_classes", "img_size", *extra}
     if unknown:
-        raise ConvformerError(f"unknown conformer option(s) {sorted(unknown)}; valid: {sorted(known)}")
+        raise ConvformerError(f"unknown conformer option(s) {sorted(unknown)}; valid: {sorted(known | set(extra))}")
     values = {k: v for k, v in kwargs.items() if k in known}
     if "att_context" in values:
         values["att_context"] = tuple(tuple(c) for c in values["att_context"])
-    return ConformerCTC(replace(base, **values))
+    return replace(base, **values)
+
+
+def build_conformer(base: ConformerConfig, **kwargs) -> ConformerCTC:
+    """A CTC Conformer from a registered configuration; keyword arguments override fields."""
+    return ConformerCTC(conformer_config(base, **kwargs))
 
 
 # ---- registry --------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from convformer.progress import progress_bar
 from convformer.asr.data import (CharVocabulary, FrontendConfig, LogMelFrontend, SentencePieceVocabulary, SpecAugment,
                            load_audio)
 from convformer.errors import ConvformerError
+from convformer.asr.transducer import rnnt_loss
 from convformer.asr.ctc import StreamingGreedyDecoder, edit_distance, error_rates, greedy_decode
 from convformer.engine.tasks import Task, TaskData
 
@@ -143,7 +144,16 @@ class SpeechRecognition(Task):
         self.vocab = build_vocabulary(cfg.vocab)
         self.blank = len(self.vocab)
         frontend = LogMelFrontend(FrontendConfig()).eval()
-        subsample = create_model(cfg.model, vocab_size=len(self.vocab)).encoder.subsampling.output_length
+        probe = create_model(cfg.model, vocab_size=len(self.vocab))
+        subsample = probe.encoder.subsampling.output_length
+        self.hybrid = hasattr(probe, "joint")  # a CTC/RNN-T hybrid (convformer.asr.hybrid)
+        self.decoder = ("rnnt" if self.hybrid else "ctc") if cfg.decoder == "auto" else cfg.decoder
+        if self.decoder not in ("ctc", "rnnt") or (self.decoder == "rnnt" and not self.hybrid):
+            raise ConvformerError(f"--decoder {cfg.decoder!r}: use ctc, auto, or rnnt with a hybrid model "
+                                  "(conformer_hybrid_*)")
+        if not 0.0 <= cfg.ctc_weight <= 1.0:
+            raise ConvformerError(f"--ctc-weight must be within [0, 1], got {cfg.ctc_weight}")
+        self.ctc_weight = cfg.ctc_weight
         train = Utterances(read_manifest(folder / cfg.train_manifest), self.vocab, frontend, subsample,
                            SpecAugment() if cfg.spec_augment else None, progress, "train")
         val = Utterances(read_manifest(folder / cfg.val_manifest), self.vocab, frontend, subsample,
@@ -158,18 +168,25 @@ class SpeechRecognition(Task):
     def prepare(self, batch, cfg, device, seed_parts: tuple):
         feats, lengths, labels, label_lengths, _ = batch
         refs = [row[:n].tolist() for row, n in zip(labels, label_lengths)]
-        return (feats.to(device), lengths.to(device)), (labels.to(device), label_lengths.to(device)), refs
+        inputs = (feats.to(device), lengths.to(device)) + ((labels.to(device),) if self.hybrid else ())
+        return inputs, (labels.to(device), label_lengths.to(device)), refs
 
     def forward(self, model, inputs):
         return model(*inputs)
 
     def loss(self, output, labels):
-        log_probs, out_lengths = output
-        return ctc_loss(log_probs, out_lengths, *labels, blank=self.blank)
+        """CTC; for a hybrid, ``ctc_weight * ctc + (1 - ctc_weight) * rnnt`` (both per utterance, batch mean)."""
+        log_probs, out_lengths = output[:2]
+        ctc = ctc_loss(log_probs, out_lengths, *labels, blank=self.blank)
+        if len(output) == 2:
+            return ctc
+        targets, target_lengths = labels
+        rnnt = rnnt_loss(output[2], targets.clamp(min=0), out_lengths, target_lengths, reduction="mean_batch")
+        return self.ctc_weight * ctc + (1 - self.ctc_weight) * rnnt
 
     def statistic(self, output, refs) -> float:
         """Per-utterance character error rate (%) of the greedy decoding, summed over the batch."""
-        hyps = greedy_decode(*output, blank=self.blank)
+        hyps = greedy_decode(*output[:2], blank=self.blank)
         return sum(100.0 * edit_distance(r, h) / max(len(r), 1) for r, h in zip(refs, hyps))
 
     @torch.no_grad()
@@ -177,10 +194,12 @@ class SpeechRecognition(Task):
         model.eval()
         loss_sum, refs, hyps = 0.0, [], []
         for feats, lengths, labels, label_lengths, index in loader:
-            log_probs, out_lengths = model(feats.to(device), lengths.to(device))
-            loss_sum += float(ctc_loss(log_probs, out_lengths, labels.to(device), label_lengths.to(device),
-                                       self.blank)) * len(index)
-            hyps += [self.vocab.decode(t) for t in greedy_decode(log_probs, out_lengths, self.blank)]
+            feats, lengths, labels, label_lengths = (v.to(device) for v in (feats, lengths, labels, label_lengths))
+            output = model(feats, lengths, labels) if self.hybrid else model(feats, lengths)
+            loss_sum += float(self.loss(output, (labels, label_lengths))) * len(index)
+            tokens = model.transducer_decode(feats, lengths) if self.decoder == "rnnt" else \
+                greedy_decode(output[0], output[1], self.blank)
+            hyps += [self.vocab.decode(t) for t in tokens]
             refs += [self.val_texts[i] for i in index.tolist()]
         rates = error_rates(refs, hyps)
         n = max(len(refs), 1)

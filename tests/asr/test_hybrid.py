@@ -1,0 +1,79 @@
+"""The hybrid CTC/RNN-T Conformer: registered with exact counts, it is a CTC model with a transducer beside,
+trains through the engine with the weighted loss, resumes exactly, and validates with either head."""
+import json
+
+import pytest
+import torch
+
+import convformer
+from convformer.asr.config import AsrTrainConfig
+from convformer.asr.hybrid import ConformerHybrid
+from convformer.asr.task import SpeechRecognition, ctc_loss
+from convformer.asr.transducer import greedy_transducer_decode, rnnt_loss
+from convformer.engine.train import train
+from convformer.errors import ConvformerError
+from convformer.weights import read_state_dict
+
+from conftest import Crash, crash_at
+from test_asr import small_corpus
+
+
+def test_hybrid_is_the_ctc_model_plus_a_transducer():
+    torch.manual_seed(0)
+    hybrid = convformer.create_model("conformer_hybrid_xs").eval()
+    ctc = convformer.create_model("conformer_ctc_xs").eval()
+    assert isinstance(hybrid, ConformerHybrid)
+    own = {k: v for k, v in hybrid.state_dict().items() if not k.startswith(("prediction.", "joint."))}
+    assert own.keys() == ctc.state_dict().keys()
+    ctc.load_state_dict(own)
+    x, lengths = torch.randn(2, 120, 80), torch.tensor([120, 90])
+    with torch.no_grad():
+        a, la = hybrid(x, lengths)
+        b, lb = ctc(x, lengths)
+        assert torch.equal(a, b) and torch.equal(la, lb)
+        targets = torch.tensor([[1, 2, 3], [4, 5, -1]])
+        _, _, lp = hybrid(x, lengths, targets)
+    assert lp.shape == (2, a.shape[1], 4, 29) and torch.allclose(lp.exp().sum(-1), torch.ones(()), atol=1e-5)
+    with torch.no_grad():
+        frames, flen = hybrid.encoder(x, lengths)
+    assert hybrid.transducer_decode(x, lengths) == greedy_transducer_decode(hybrid.prediction, hybrid.joint,
+                                                                           frames, flen)
+
+
+def test_task_loss_is_the_weighted_sum_of_both_losses():
+    torch.manual_seed(0)
+    model = convformer.create_model("conformer_hybrid_xs")
+    task = SpeechRecognition()
+    task.hybrid, task.blank, task.ctc_weight = True, 28, 0.25
+    x, lengths = torch.randn(2, 100, 80), torch.tensor([100, 80])
+    labels, label_lengths = torch.tensor([[1, 2, 3], [4, 5, -1]]), torch.tensor([3, 2])
+    out = model(x, lengths, labels)
+    expected = 0.25 * ctc_loss(out[0], out[1], labels, label_lengths, 28) + \
+        0.75 * rnnt_loss(out[2], labels.clamp(min=0), out[1], label_lengths, reduction="none").mean()
+    assert task.loss(out, (labels, label_lengths)).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_hybrid_trains_resumes_exactly_and_validates_with_either_head(tmp_path, monkeypatch):
+    data = small_corpus(tmp_path / "data", train=4, val=2)
+    common = dict(model="conformer_hybrid_xs", data=str(data), batch_size=2, epochs=2, checkpoint_every=1,
+                  threads=1, output=str(tmp_path))
+    result = train(AsrTrainConfig(name="ref", **common), progress=False, log=lambda *_: None)
+    rows = json.loads((tmp_path / "ref" / "metrics.json").read_text())
+    assert len(rows) == 2 and all(r["train_loss"] > 0 and r["val_loss"] > 0 for r in rows)
+    assert result["metric"] == "cer" and result["val_cer"] is not None
+    with monkeypatch.context() as patch:
+        crash_at(patch, SpeechRecognition, 3)
+        with pytest.raises(Crash):
+            train(AsrTrainConfig(name="run", **common), progress=False, log=lambda *_: None)
+    train(AsrTrainConfig(resume=str(tmp_path / "run"), threads=1), progress=False, log=lambda *_: None,
+          given={"resume", "threads"})
+    ref, resumed = read_state_dict(tmp_path / "ref" / "last.safetensors")[0], \
+        read_state_dict(tmp_path / "run" / "last.safetensors")[0]
+    assert any(k.startswith("joint.") for k in ref) and all(torch.equal(ref[k], resumed[k]) for k in ref)
+    # the CTC head validates the same weights too
+    ctc_run = train(AsrTrainConfig(name="ctc", decoder="ctc", **{**common, "epochs": 1}), progress=False,
+                    log=lambda *_: None)
+    assert ctc_run["val_cer"] is not None
+    with pytest.raises(ConvformerError, match="--decoder"):
+        train(AsrTrainConfig(name="bad", decoder="rnnt", **{**common, "model": "conformer_ctc_xs"}), progress=False,
+              log=lambda *_: None)
