@@ -77,3 +77,54 @@ def test_hybrid_trains_resumes_exactly_and_validates_with_either_head(tmp_path, 
     with pytest.raises(ConvformerError, match="--decoder"):
         train(AsrTrainConfig(name="bad", decoder="rnnt", **{**common, "model": "conformer_ctc_xs"}), progress=False,
               log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def hybrid_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hybrid")
+    data = small_corpus(root / "data", train=6, val=3)
+    train(AsrTrainConfig(model="conformer_hybrid_xs", data=str(data), epochs=3, batch_size=3, lr=3e-3,
+                         warmup_epochs=0.5, spec_augment=False, threads=1, output=str(root), name="h"),
+          progress=False, log=lambda *_: None)
+    # a few epochs leave the RNN-T head emitting (almost) only blanks; lower the blank's bias so that the
+    # transcripts compared below are long, and a decoder that lost its state between chunks would differ
+    state, meta = read_state_dict(root / "h" / "last.safetensors")
+    state["joint.net.2.bias"][-1] -= 4.0
+    from convformer.weights.io import save_state_dict
+    save_state_dict(state, root / "emits.safetensors", meta)
+    return {"data": data, "weights": str(root / "emits.safetensors")}
+
+
+def test_streamed_rnnt_transcripts_equal_offline_through_the_cli(hybrid_run, tmp_path, capsys):
+    from convformer.cli import main
+    out = tmp_path / "eval.json"
+    assert main(["asr", "eval", hybrid_run["weights"], "--data", str(hybrid_run["data"]), "--stream",
+                 "--decoder", "rnnt", "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["decoder"] == "rnnt" and report["identical_transcripts"] == report["offline"]["utterances"] == 3
+    assert all(t["offline"] == t["streaming"] for t in report["transcripts"])
+    assert sum(len(t["offline"]) for t in report["transcripts"]) > 20
+    capsys.readouterr()
+    assert main(["asr", "eval", hybrid_run["weights"], "--data", str(hybrid_run["data"]), "--decoder", "ctc",
+                 "--output", str(tmp_path / "ctc.json")]) == 0
+    assert json.loads((tmp_path / "ctc.json").read_text())["decoder"] == "ctc"
+
+
+def test_transcribe_streams_the_rnnt_head_to_the_offline_transcript(hybrid_run, capsys):
+    from convformer.cli import main
+    wav = str(sorted((hybrid_run["data"] / "test").glob("*.flac"))[1])
+    assert main(["asr", "transcribe", wav, "--weights", hybrid_run["weights"]]) == 0
+    offline = capsys.readouterr().out.splitlines()[0][len(wav) + 2:]
+    assert len(offline) > 5
+    assert main(["asr", "transcribe", wav, "--weights", hybrid_run["weights"], "--stream"]) == 0
+    final = [line for line in capsys.readouterr().out.splitlines() if "final:" in line][0]
+    assert final.split("final: ", 1)[1] == offline
+
+
+def test_rnnt_decoder_on_a_ctc_model_is_a_one_line_error(tmp_path, capsys):
+    from convformer.cli import main
+    model = convformer.create_model("conformer_ctc_xs")
+    weights = convformer.save_weights(model, tmp_path / "w.safetensors",
+                                      metadata={"vocabulary": '{"chars": " abcdefghijklmnopqrstuvwxyz\'"}'})
+    assert main(["asr", "transcribe", "x.wav", "--weights", str(weights), "--decoder", "rnnt"]) == 2
+    assert "--decoder" in capsys.readouterr().err

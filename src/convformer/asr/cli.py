@@ -93,15 +93,18 @@ def eval_cmd(
     context: Optional[str] = typer.Option(None, help="Attention context LEFT,RIGHT of a multi-latency model."),
     batch_size: int = typer.Option(32, help="Utterances per batch."),
     output: Optional[str] = typer.Option(None, help="Also write the scores and transcripts to this JSON file."),
+    decoder: str = typer.Option("auto", help="Head that decodes: ctc, rnnt (hybrid models), or auto (rnnt where "
+                                             "there is one)."),
 ):
     """CER and WER on a manifest, offline (and streaming, whose transcripts must be identical)."""
     import torch
     from convformer.asr.data import FrontendConfig, LogMelFrontend
-    from convformer.asr.task import (Utterances, collate_utterances, decode_batch, load_asr, read_manifest, resolve_data,
-                              stream_chunk)
+    from convformer.asr.task import (Utterances, collate_utterances, decode_batch, load_asr, pick_decoder,
+                                     read_manifest, resolve_data, stream_chunk)
     from convformer.asr.ctc import error_rates
     from convformer.fileio import atomic_write
     net, vocab = load_asr(weights, model)
+    pick_decoder(net, decoder)  # a wrong --decoder is an error before any audio is read
     streamer = _streamer(net, context) if stream or context else None
     chunk = stream_chunk(streamer, chunk_ms) if stream else 0
     utts = Utterances(read_manifest(resolve_data(data) / manifest), vocab, LogMelFrontend(FrontendConfig()).eval())
@@ -109,10 +112,11 @@ def eval_cmd(
     modes = ["offline"] + (["streaming"] if stream else [])
     hyps = {m: [] for m in modes}
     for feats, lengths, *_ in loader:
-        hyps["offline"] += decode_batch(net, vocab, feats, lengths)
+        hyps["offline"] += decode_batch(net, vocab, feats, lengths, decoder=decoder)
         if stream:
-            hyps["streaming"] += decode_batch(net, vocab, feats, lengths, streamer, chunk)
-    report = {"weights": weights, "manifest": manifest, "context": list(net.encoder.att_context),
+            hyps["streaming"] += decode_batch(net, vocab, feats, lengths, streamer, chunk, decoder=decoder)
+    report = {"weights": weights, "manifest": manifest, "decoder": pick_decoder(net, decoder),
+              "context": list(net.encoder.att_context),
               "chunk_ms": chunk * 10 if stream else None}
     for m in modes:
         rates = error_rates(utts.texts, hyps[m])
@@ -138,22 +142,25 @@ def transcribe_cmd(
                                                         "hypotheses as they arrive."),
     chunk_ms: Optional[float] = typer.Option(None, help="Streaming chunk in ms [default: the model's smallest]."),
     context: Optional[str] = typer.Option(None, help="Attention context LEFT,RIGHT of a multi-latency model."),
+    decoder: str = typer.Option("auto", help="Head that decodes: ctc, rnnt (hybrid models), or auto (rnnt where "
+                                             "there is one)."),
 ):
     """Print the transcript of each file (with --stream: partial hypotheses, latency and real-time factor)."""
     from convformer.asr.data import FrontendConfig, LogMelFrontend, load_audio
-    from convformer.asr.task import decode_batch, load_asr, stream_chunk, transcribe_stream
+    from convformer.asr.task import decode_batch, load_asr, pick_decoder, stream_chunk, transcribe_stream
     net, vocab = load_asr(weights, model)
+    pick_decoder(net, decoder)
     frontend = LogMelFrontend(FrontendConfig()).eval()
     streamer = _streamer(net, context) if stream or context else None
     chunk = stream_chunk(streamer, chunk_ms) if stream else 0
     for path in audio:
         feats, lengths = frontend(load_audio(path, frontend.cfg.sample_rate))
         if not stream:
-            typer.echo(f"{path}: {decode_batch(net, vocab, feats, lengths)[0]}")
+            typer.echo(f"{path}: {decode_batch(net, vocab, feats, lengths, decoder=decoder)[0]}")
             continue
         typer.echo(f"{path} (streaming, {chunk * 10} ms chunks, look-ahead "
                    f"{streamer.latency_frames * net.cfg.frame_ms:.0f} ms):")
-        result = transcribe_stream(net, vocab, feats[0], chunk, streamer,
+        result = transcribe_stream(net, vocab, feats[0], chunk, streamer, decoder=decoder,
                                    on_partial=lambda t, text: typer.echo(f"  [{t:5.2f} s] {text}"))
         steps = result["step_seconds"]
         seconds = feats.shape[1] / 100

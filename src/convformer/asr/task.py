@@ -20,7 +20,7 @@ from convformer.progress import progress_bar
 from convformer.asr.data import (CharVocabulary, FrontendConfig, LogMelFrontend, SentencePieceVocabulary, SpecAugment,
                            load_audio)
 from convformer.errors import ConvformerError
-from convformer.asr.transducer import rnnt_loss
+from convformer.asr.transducer import GreedyTransducerDecoder, rnnt_loss
 from convformer.asr.ctc import StreamingGreedyDecoder, edit_distance, error_rates, greedy_decode
 from convformer.engine.tasks import Task, TaskData
 
@@ -249,8 +249,27 @@ def stream_chunk(stream, chunk_ms: float | None) -> int:
 
 
 @torch.no_grad()
-def decode_batch(model, vocab, feats, lengths, stream=None, chunk: int = 0) -> list[str]:
-    """Greedy transcripts of a padded feature batch, offline or through the streaming encoder."""
+def pick_decoder(model, decoder: str = "auto") -> str:
+    """The head that decodes: "ctc", or "rnnt" for a hybrid model; "auto" is rnnt where there is one."""
+    hybrid = hasattr(model, "joint")
+    chosen = ("rnnt" if hybrid else "ctc") if decoder == "auto" else decoder
+    if chosen not in ("ctc", "rnnt") or (chosen == "rnnt" and not hybrid):
+        raise ConvformerError(f"--decoder {decoder!r}: use ctc, auto, or rnnt with a hybrid model (conformer_hybrid_*)")
+    return chosen
+
+
+def decode_batch(model, vocab, feats, lengths, stream=None, chunk: int = 0, decoder: str = "auto") -> list[str]:
+    """Greedy transcripts of a padded feature batch, offline or through the streaming encoder, by the CTC
+    head or (hybrid models) the RNN-T head; streamed RNN-T decoding carries its state across chunks."""
+    if pick_decoder(model, decoder) == "rnnt":
+        if stream is None:
+            tokens = model.transducer_decode(feats, lengths)
+        else:
+            greedy = GreedyTransducerDecoder(model.prediction, model.joint, feats.shape[0])
+            for _, _, enc, valid, _ in stream.steps(feats, lengths, chunk):
+                greedy.feed(enc, valid)
+            tokens = greedy.tokens
+        return [vocab.decode(t) for t in tokens]
     if stream is None:
         log_probs, out_lengths = model(feats, lengths)
     else:
@@ -260,15 +279,18 @@ def decode_batch(model, vocab, feats, lengths, stream=None, chunk: int = 0) -> l
 
 
 @torch.no_grad()
-def transcribe_stream(model, vocab, feats: torch.Tensor, chunk: int, stream, on_partial=None) -> dict:
+def transcribe_stream(model, vocab, feats: torch.Tensor, chunk: int, stream, on_partial=None,
+                      decoder: str = "auto") -> dict:
     """Stream one utterance's features (T, F) chunk by chunk. ``on_partial(seconds, text)`` is called whenever
-    new tokens arrive. Returns the final text and per-step compute times."""
+    new tokens arrive. Returns the final text and per-step compute times (encoder and decoder)."""
     import time
-    decoder = StreamingGreedyDecoder(1, model.blank)
+    rnnt = pick_decoder(model, decoder) == "rnnt"
+    decoder = GreedyTransducerDecoder(model.prediction, model.joint, 1) if rnnt else \
+        StreamingGreedyDecoder(1, model.blank)
     total, pos, times = feats.shape[0], 0, []
     t0 = time.perf_counter()
     for _, _, enc, valid, _ in stream.steps(feats[None], None, chunk):
-        gained = decoder.push(torch.log_softmax(model.head(enc), dim=-1), valid)
+        gained = decoder.feed(enc, valid) if rnnt else decoder.push(torch.log_softmax(model.head(enc), dim=-1), valid)
         times.append(time.perf_counter() - t0)
         pos += chunk
         if gained[0] and on_partial is not None:

@@ -145,13 +145,19 @@ class GreedyTransducerDecoder:
 
     @torch.no_grad()
     def feed(self, frames: torch.Tensor, lengths: torch.Tensor | None = None) -> list[list[int]]:
-        """Decode (B, T, E) encoder frames (``lengths`` valid frames each); returns the tokens emitted by
-        this call per utterance (all tokens so far are in ``self.tokens``)."""
+        """Decode (B, T, E) encoder frames; ``lengths`` is the number of valid frames of each utterance, or a
+        (B, T) boolean mask of the valid ones (a streaming step's). Returns the tokens emitted by this call
+        per utterance (all tokens so far are in ``self.tokens``)."""
         b, t_max, _ = frames.shape
-        lengths = torch.full((b,), t_max, dtype=torch.long) if lengths is None else lengths.long()
+        if lengths is None:
+            valid = torch.ones(b, t_max, dtype=torch.bool, device=frames.device)
+        elif lengths.dtype == torch.bool:
+            valid = lengths
+        else:
+            valid = torch.arange(t_max, device=frames.device)[None] < lengths.to(frames.device)[:, None]
         new: list[list[int]] = [[] for _ in range(b)]
         for t in range(t_max):
-            active = lengths > t
+            active = valid[:, t]
             for _ in range(self.max_symbols):
                 if not bool(active.any()):
                     break
