@@ -186,3 +186,25 @@ def test_sentencepiece_vocabulary_trains_and_round_trips(tmp_path):
     assert len(vocab) == 64 and model.cfg.vocab_size == 64 and model.blank == 64
     assert vocab.decode(vocab.encode("seven three apple")) == "seven three apple"
     assert vocabulary_from_meta(vocabulary_meta(vocab)).encode("red car") == vocab.encode("red car")
+
+
+def test_multi_latency_models_validate_every_context_and_select_on_the_mean(tmp_path):
+    """conformer_ctc_xs has three contexts; each one's CER and WER are logged, and val_cer is their mean."""
+    data = small_corpus(tmp_path / "data", train=3, val=2)
+    train(AsrTrainConfig(data=str(data), epochs=1, batch_size=3, threads=1, output=str(tmp_path), name="ml"),
+          progress=False, log=lambda *_: None)
+    row = json.loads((tmp_path / "ml" / "metrics.json").read_text())[-1]
+    per = [row[f"val_cer_{l}_{r}"] for l, r in ((32, 7), (32, 3), (32, 0))]
+    assert row["val_cer"] == pytest.approx(sum(per) / 3, abs=1e-3)
+    assert all(f"val_wer_{l}_{r}" in row for l, r in ((32, 7), (32, 3), (32, 0)))
+
+
+def test_eval_names_what_it_scored_and_refuses_a_manifest_outside_the_data_folder(asr_run, tmp_path, capsys,
+                                                                                  monkeypatch):
+    assert main(["asr", "eval", asr_run["weights"], "--data", str(asr_run["data"])]) == 0
+    assert f"scoring {asr_run['data'] / 'test.jsonl'} (3 utterances)" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.jsonl").write_text((asr_run["data"] / "test.jsonl").read_text())
+    assert main(["asr", "eval", asr_run["weights"], "--manifest", "mine.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert "not in the data folder" in err and "--data" in err

@@ -89,8 +89,8 @@ def eval_cmd(
     data: str = typer.Option("bundled", help="'bundled' or a folder with the manifest."),
     manifest: str = typer.Option("test.jsonl", help="Manifest to score, inside the data folder."),
     stream: bool = typer.Option(False, "--stream", help="Also decode through the cache-aware streaming encoder."),
-    chunk_ms: Optional[float] = typer.Option(None, help="Streaming chunk in ms [default: the model's smallest]."),
-    context: Optional[str] = typer.Option(None, help="Attention context LEFT,RIGHT of a multi-latency model."),
+    chunk_ms: Optional[float] = typer.Option(None, help="Streaming chunk in ms [default: the context's smallest chunk: (right + 1) frames for chunked_limited, e.g. 320 ms at context 32,7 and 40 ms at 32,0 for conformer_ctc_xs]."),
+    context: Optional[str] = typer.Option(None, help="Attention context LEFT,RIGHT of a multi-latency model [default: its first, e.g. 32,7 for conformer_ctc_xs]."),
     batch_size: int = typer.Option(32, help="Utterances per batch."),
     output: Optional[str] = typer.Option(None, help="Also write the scores and transcripts to this JSON file."),
     decoder: str = typer.Option("auto", help="Head that decodes: ctc, rnnt (hybrid models), or auto (rnnt where "
@@ -107,7 +107,13 @@ def eval_cmd(
     pick_decoder(net, decoder)  # a wrong --decoder is an error before any audio is read
     streamer = _streamer(net, context) if stream or context else None
     chunk = stream_chunk(streamer, chunk_ms) if stream else 0
-    utts = Utterances(read_manifest(resolve_data(data) / manifest), vocab, LogMelFrontend(FrontendConfig()).eval())
+    folder = resolve_data(data)
+    scored = folder / manifest
+    if not scored.is_file() and Path(manifest).is_file():
+        raise ConvformerError(f"manifest {manifest} is not in the data folder {folder} (it is in the current folder: "
+                              f"pass --data FOLDER for the folder that holds it and its audio)")
+    utts = Utterances(read_manifest(scored), vocab, LogMelFrontend(FrontendConfig()).eval())
+    typer.echo(f"scoring {scored} ({len(utts)} utterances) with the {pick_decoder(net, decoder)} head")
     loader = torch.utils.data.DataLoader(utts, batch_size=batch_size, collate_fn=collate_utterances)
     modes = ["offline"] + (["streaming"] if stream else [])
     hyps = {m: [] for m in modes}
@@ -115,7 +121,7 @@ def eval_cmd(
         hyps["offline"] += decode_batch(net, vocab, feats, lengths, decoder=decoder)
         if stream:
             hyps["streaming"] += decode_batch(net, vocab, feats, lengths, streamer, chunk, decoder=decoder)
-    report = {"weights": weights, "manifest": manifest, "decoder": pick_decoder(net, decoder),
+    report = {"weights": weights, "manifest": str(scored), "decoder": pick_decoder(net, decoder),
               "context": list(net.encoder.att_context),
               "chunk_ms": chunk * 10 if stream else None}
     for m in modes:
@@ -140,8 +146,8 @@ def transcribe_cmd(
     model: Optional[str] = typer.Option(None, help="Model name, if the file does not say."),
     stream: bool = typer.Option(False, "--stream", help="Feed the encoder chunk by chunk, printing partial "
                                                         "hypotheses as they arrive."),
-    chunk_ms: Optional[float] = typer.Option(None, help="Streaming chunk in ms [default: the model's smallest]."),
-    context: Optional[str] = typer.Option(None, help="Attention context LEFT,RIGHT of a multi-latency model."),
+    chunk_ms: Optional[float] = typer.Option(None, help="Streaming chunk in ms [default: the context's smallest chunk: (right + 1) frames for chunked_limited, e.g. 320 ms at context 32,7 and 40 ms at 32,0 for conformer_ctc_xs]."),
+    context: Optional[str] = typer.Option(None, help="Attention context LEFT,RIGHT of a multi-latency model [default: its first, e.g. 32,7 for conformer_ctc_xs]."),
     decoder: str = typer.Option("auto", help="Head that decodes: ctc, rnnt (hybrid models), or auto (rnnt where "
                                              "there is one)."),
 ):

@@ -154,6 +154,10 @@ class SpeechRecognition(Task):
         if not 0.0 <= cfg.ctc_weight <= 1.0:
             raise ConvformerError(f"--ctc-weight must be within [0, 1], got {cfg.ctc_weight}")
         self.ctc_weight = cfg.ctc_weight
+        # a multi-latency model validates at every context it was trained for, and is judged on their mean
+        self.contexts = [tuple(c) for c in probe.cfg.att_context]
+        per_context = [f"{m}_{left}_{right}" for left, right in self.contexts for m in ("cer", "wer")]
+        self.val_metrics = ("cer", "wer", *per_context) if len(self.contexts) > 1 else ("cer", "wer")
         train = Utterances(read_manifest(folder / cfg.train_manifest), self.vocab, frontend, subsample,
                            SpecAugment() if cfg.spec_augment else None, progress, "train")
         val = Utterances(read_manifest(folder / cfg.val_manifest), self.vocab, frontend, subsample,
@@ -191,7 +195,26 @@ class SpeechRecognition(Task):
 
     @torch.no_grad()
     def evaluate(self, model, loader, device) -> dict:
+        """Loss, CER and WER; for a multi-latency model at each context (``cer_<left>_<right>``, ...) with
+        ``cer``/``wer``/``loss`` their means, so that the best checkpoint is the best on all look-aheads."""
         model.eval()
+        contexts = getattr(self, "contexts", [None])
+        if len(contexts) == 1:
+            return self._evaluate_at(model, loader, device)
+        encoder, chosen = model.encoder, model.encoder.context_index
+        results = {}
+        try:
+            for i, (left, right) in enumerate(contexts):
+                encoder.set_context(i)
+                results[(left, right)] = self._evaluate_at(model, loader, device)
+        finally:
+            encoder.set_context(chosen)
+        out = {k: sum(r[k] for r in results.values()) / len(results) for k in ("loss", "cer", "wer")}
+        for (left, right), r in results.items():
+            out.update({f"cer_{left}_{right}": r["cer"], f"wer_{left}_{right}": r["wer"]})
+        return {**out, "count": next(iter(results.values()))["count"]}
+
+    def _evaluate_at(self, model, loader, device) -> dict:
         loss_sum, refs, hyps = 0.0, [], []
         for feats, lengths, labels, label_lengths, index in loader:
             feats, lengths, labels, label_lengths = (v.to(device) for v in (feats, lengths, labels, label_lengths))
@@ -207,7 +230,10 @@ class SpeechRecognition(Task):
 
     def summary(self, row: dict) -> str:
         ema = f"  EMA CER {row['ema_val_cer']:.1f}%" if "ema_val_cer" in row else ""
-        return (f"train CER {row['train_cer']:.1f}%  val loss {row['val_loss']:.3f}  CER {row['val_cer']:.1f}%  "
+        contexts = getattr(self, "contexts", [])
+        each = "  (" + ", ".join(f"[{l},{r}] {row[f'val_cer_{l}_{r}']:.1f}%" for l, r in contexts) + ")" \
+            if len(contexts) > 1 else ""
+        return (f"train CER {row['train_cer']:.1f}%  val loss {row['val_loss']:.3f}  CER {row['val_cer']:.1f}%{each}  "
                 f"WER {row['val_wer']:.1f}%{ema}")
 
 
