@@ -25,8 +25,10 @@ def train_cmd(
     model: Optional[str] = typer.Option(None, help="Speech model [default: conformer_ctc_xs]."),
     data: Optional[str] = typer.Option(None, help="'bundled' (the espeak-ng corpus, data/speech) or a "
                                                   "folder with NeMo-style manifests."),
-    train_manifest: Optional[str] = typer.Option(None, help="Training manifest in the folder."),
-    val_manifest: Optional[str] = typer.Option(None, help="Validation manifest in the folder."),
+    train_manifest: Optional[str] = typer.Option(None, help="Training manifest(s) in the folder (or absolute), "
+                                                            "comma-separated."),
+    val_manifest: Optional[str] = typer.Option(None, help="Validation manifest(s) in the folder (or absolute), "
+                                                          "comma-separated."),
     vocab: Optional[str] = typer.Option(None, help="'chars' or a SentencePiece .model file."),
     ctc_weight: Optional[float] = typer.Option(None, help="Hybrid models: weight of the CTC loss beside RNN-T's."),
     decoder: Optional[str] = typer.Option(None, help="Head that decodes in validation: ctc, rnnt (hybrid models) "
@@ -152,7 +154,7 @@ def transcribe_cmd(
                                              "there is one)."),
 ):
     """Print the transcript of each file (with --stream: partial hypotheses, latency and real-time factor)."""
-    from convformer.asr.data import FrontendConfig, LogMelFrontend, load_audio
+    from convformer.asr.data import FrontendConfig, LogMelFrontend, band_limit, load_audio
     from convformer.asr.task import decode_batch, load_asr, pick_decoder, stream_chunk, transcribe_stream
     net, vocab = load_asr(weights, model)
     pick_decoder(net, decoder)
@@ -160,7 +162,10 @@ def transcribe_cmd(
     streamer = _streamer(net, context) if stream or context else None
     chunk = stream_chunk(streamer, chunk_ms) if stream else 0
     for path in audio:
-        feats, lengths = frontend(load_audio(path, frontend.cfg.sample_rate))
+        limit = band_limit(path, frontend.cfg.sample_rate)
+        if limit is not None:
+            typer.echo(f"{path}: recorded at {int(2 * limit)} Hz; mel bands above {limit:.0f} Hz masked")
+        feats, lengths = frontend(load_audio(path, frontend.cfg.sample_rate), band_limit_hz=limit)
         if not stream:
             typer.echo(f"{path}: {decode_batch(net, vocab, feats, lengths, decoder=decoder)[0]}")
             continue

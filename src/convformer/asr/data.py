@@ -82,8 +82,17 @@ class LogMelFrontend(nn.Module):
     def num_frames(self, samples: torch.Tensor) -> torch.Tensor:
         return torch.div(samples, self.hop, rounding_mode="floor")
 
+    def bands_above(self, hz: float) -> torch.Tensor:
+        """(n_mels,) True for the mel bands that lie wholly above ``hz`` (no filter weight at or below it)."""
+        bins = torch.linspace(0, self.cfg.sample_rate / 2, self.fb.shape[1], device=self.fb.device)
+        return ((self.fb > 0) & (bins[None] <= hz)).sum(1) == 0
+
     @torch.no_grad()
-    def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None):
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None, band_limit_hz: float | None = None):
+        """``band_limit_hz``: the recording's own Nyquist frequency when it was sampled below our rate (8 kHz
+        telephone audio: 4000). The bands above it hold nothing but resampling residue, which per-band
+        normalisation would blow up to unit-variance noise; they are set to 0, the normalised mean, as
+        SpecAugment's frequency masks are, in training and inference alike."""
         if audio.dim() == 1:
             audio = audio.unsqueeze(0)
         b, n = audio.shape
@@ -107,6 +116,8 @@ class LogMelFrontend(nn.Module):
             std = torch.nan_to_num(var.sqrt(), nan=0.0, posinf=0.0) + STD_GUARD
             mel = (mel - mean) / std
         mel = mel.masked_fill(~valid.unsqueeze(1), 0.0)
+        if band_limit_hz is not None and band_limit_hz < self.cfg.sample_rate / 2:
+            mel = mel.masked_fill(self.bands_above(band_limit_hz)[None, :, None], 0.0)
         width = int(frames.max()) if b else 0
         return mel[:, :, :width].transpose(1, 2).contiguous(), frames
 
@@ -140,8 +151,26 @@ class SpecAugment(nn.Module):
 
 
 # ---- audio files -----------------------------------------------------------------------------------------
+def audio_rate(path: str | os.PathLike) -> int:
+    """The sample rate a file was recorded at (read from its header)."""
+    import soundfile as sf
+    if not os.path.exists(os.fspath(path)):
+        raise ConvformerError(f"{path}: no such audio file")
+    try:
+        return int(sf.info(os.fspath(path)).samplerate)
+    except Exception as err:  # noqa: BLE001
+        raise ConvformerError(f"{path} is not a readable audio file ({err}); use WAV or FLAC") from None
+
+
+def band_limit(path: str | os.PathLike, sample_rate: int = 16000) -> float | None:
+    """The recording's Nyquist frequency if it is below ``sample_rate``'s (narrowband audio), else None."""
+    rate = audio_rate(path)
+    return rate / 2 if rate < sample_rate else None
+
+
 def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> torch.Tensor:
-    """A mono float waveform at ``sample_rate`` from WAV/FLAC/OGG (any rate; resampled polyphase)."""
+    """A mono float waveform at ``sample_rate`` from WAV/FLAC/OGG (any rate; resampled polyphase). Audio
+    recorded below ``sample_rate`` has nothing above its own Nyquist frequency: see ``band_limit``."""
     try:
         import soundfile as sf
     except ImportError:

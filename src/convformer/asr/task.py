@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from convformer.progress import progress_bar
 
 from convformer.asr.data import (CharVocabulary, FrontendConfig, LogMelFrontend, SentencePieceVocabulary, SpecAugment,
-                           load_audio)
+                           band_limit, load_audio)
 from convformer.errors import ConvformerError
 from convformer.asr.transducer import GreedyTransducerDecoder, rnnt_loss
 from convformer.asr.ctc import StreamingGreedyDecoder, edit_distance, error_rates, greedy_decode
@@ -59,6 +59,19 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
     return entries
 
 
+def read_manifests(folder: Path, names) -> list[dict]:
+    """The entries of one or several manifests (a comma-separated string or a list), each a path inside the
+    data folder or an absolute one; audio of any sample rate is resampled on load."""
+    names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+    entries = []
+    for name in names:
+        if name:
+            entries += read_manifest(Path(folder) / name)
+    if not entries:
+        raise ConvformerError(f"no manifest given (got {names!r})")
+    return entries
+
+
 def build_vocabulary(spec: str):
     if spec == "chars":
         return CharVocabulary()
@@ -84,9 +97,12 @@ class Utterances(Dataset):
     def __init__(self, entries: list[dict], vocab, frontend: LogMelFrontend, subsampling=None,
                  augment: SpecAugment | None = None, progress: bool = False, what: str = "utterances"):
         self.texts, self.features, self.tokens = [], [], []
-        self.augment = augment
+        self.augment, self.narrowband = augment, 0
         for entry in progress_bar(entries, desc=f"features ({what})", disable=not progress, leave=False, unit="utt"):
-            feats, _ = frontend(load_audio(entry["audio_filepath"], frontend.cfg.sample_rate))
+            rate = frontend.cfg.sample_rate
+            limit = band_limit(entry["audio_filepath"], rate)
+            self.narrowband += limit is not None
+            feats, _ = frontend(load_audio(entry["audio_filepath"], rate), band_limit_hz=limit)
             tokens = vocab.encode(entry["text"])
             if not tokens:
                 raise ConvformerError(f"{entry['audio_filepath']}: its transcript {entry['text']!r} has no "
@@ -158,13 +174,19 @@ class SpeechRecognition(Task):
         self.contexts = [tuple(c) for c in probe.cfg.att_context]
         per_context = [f"{m}_{left}_{right}" for left, right in self.contexts for m in ("cer", "wer")]
         self.val_metrics = ("cer", "wer", *per_context) if len(self.contexts) > 1 else ("cer", "wer")
-        train = Utterances(read_manifest(folder / cfg.train_manifest), self.vocab, frontend, subsample,
+        train = Utterances(read_manifests(folder, cfg.train_manifest), self.vocab, frontend, subsample,
                            SpecAugment() if cfg.spec_augment else None, progress, "train")
-        val = Utterances(read_manifest(folder / cfg.val_manifest), self.vocab, frontend, subsample,
+        val = Utterances(read_manifests(folder, cfg.val_manifest), self.vocab, frontend, subsample,
                          None, progress, "validation")
         self.val_texts = val.texts
         seconds = sum(len(f) for f in train.features) / 100
+        if (train.narrowband or val.narrowband) and progress:
+            from convformer.progress import write as progress_write
+            progress_write(f"note: {train.narrowband} training and {val.narrowband} validation utterances were "
+                           "recorded below 16 kHz; their mel bands above the recording's Nyquist frequency are "
+                           "masked (set to the normalised mean)")
         resolved = {"train_utterances": len(train), "val_utterances": len(val), "train_hours": seconds / 3600,
+                    "narrowband_utterances": {"train": train.narrowband, "val": val.narrowband},
                     "data_folder": str(folder)}
         meta = {"vocabulary": vocabulary_meta(self.vocab), "task": "speech"}
         return TaskData(train, val, {"vocab_size": len(self.vocab)}, resolved, meta, collate=collate_utterances)
