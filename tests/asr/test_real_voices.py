@@ -68,3 +68,16 @@ def test_training_on_several_manifests_of_mixed_rates(tmp_path):
     train(cfg, progress=False, log=lambda *_: None)
     config = json.loads((tmp_path / "mixed" / "config.json").read_text())
     assert config["train_utterances"] == 6 and config["narrowband_utterances"] == {"train": 3, "val": 0}
+
+
+@needs_fsdd
+def test_narrowband_benchmark_runs_both_arms_on_a_tiny_budget(tmp_path):
+    from conftest import load_benchmark
+    script = load_benchmark("asr_narrowband")
+    report = script.run(["masked", "unmasked"], epochs=1, held_out="theo", model="conformer_ctc_xs", threads=1,
+                        work=tmp_path, limit=4)
+    assert [r["arm"] for r in report["results"]] == ["masked", "unmasked"]
+    for r in report["results"]:
+        assert r["heldout_default"]["utterances"] == r["heldout_zero_lookahead"]["utterances"] == 4
+        assert r["heldout_zero_lookahead"]["context"] == [32, 0]
+    assert "| masked |" in script.markdown(report)
