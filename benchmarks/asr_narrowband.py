@@ -23,7 +23,7 @@ import torch
 from convformer.asr.config import AsrTrainConfig
 from convformer.asr.data import FrontendConfig, LogMelFrontend
 from convformer.asr.fsdd import fsdd_manifests
-from convformer.asr.task import Utterances, collate_utterances, decode_batch, load_asr, read_manifest
+from convformer.asr.task import BUNDLED, Utterances, collate_utterances, decode_batch, load_asr, read_manifest
 from convformer.asr.ctc import error_rates
 from convformer.bench.measure import machine_info
 from convformer.engine.train import train
@@ -54,14 +54,16 @@ def score(weights: str, manifest: Path, context_index: int) -> dict:
             "utterances": rates["utterances"]}
 
 
-def run(arms, epochs: int, held_out: str, model: str, threads: int | None, work: Path, limit: int = 0) -> dict:
+def run(arms, epochs: int, held_out: str, model: str, threads: int | None, work: Path, limit: int = 0,
+        synthetic: bool = False) -> dict:
     paths = fsdd_manifests(FSDD, work / "manifests", held_out=(held_out,))
     if limit:  # a quick run (tests): the first recordings of each split
         for path in paths.values():
             path.write_text("\n".join(path.read_text().splitlines()[:limit]) + "\n")
     rows = []
     for arm in arms:
-        cfg = AsrTrainConfig(model=model, data=str(work / "manifests"), train_manifest="train.jsonl",
+        train_manifest = "train.jsonl" + (f",{BUNDLED / 'train.jsonl'}" if synthetic else "")
+        cfg = AsrTrainConfig(model=model, data=str(work / "manifests"), train_manifest=train_manifest,
                              val_manifest="val.jsonl", epochs=epochs, batch_size=min(32, limit or 32),
                              threads=threads,
                              output=str(work / "runs"), name=arm)
@@ -73,13 +75,15 @@ def run(arms, epochs: int, held_out: str, model: str, threads: int | None, work:
         rows.append({"arm": arm, "val_cer_seen_speakers": result["val_cer"], "heldout_default": default,
                      "heldout_zero_lookahead": zero, "seconds": result["seconds"]})
     return {"machine": machine_info(), "settings": {"model": model, "epochs": epochs, "held_out": held_out,
-                                                    "batch_size": min(32, limit or 32), "limit": limit},
+                                                    "batch_size": min(32, limit or 32), "limit": limit,
+                                                    "synthetic_voices_in_training": synthetic},
             "results": rows}
 
 
 def markdown(report: dict) -> str:
     s = report["settings"]
-    lines = [f"{s['model']}, {s['epochs']} epochs on FSDD without {s['held_out']}; scored on all of "
+    extra = " and the bundled synthetic voices" if s.get("synthetic_voices_in_training") else ""
+    lines = [f"{s['model']}, {s['epochs']} epochs on FSDD without {s['held_out']}{extra}; scored on all of "
              f"{s['held_out']}'s recordings", "",
              "| arm | val CER, seen speakers (%) | held-out CER / WER, default look-ahead (%) | "
              "held-out CER / WER, zero look-ahead (%) | train s |", "|---|---:|---:|---:|---:|"]
@@ -98,10 +102,12 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=["masked", "unmasked"])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--limit", type=int, default=0, help="Use the first N recordings of each split (a quick run).")
+    parser.add_argument("--synthetic", action="store_true", help="Also train on the bundled espeak-ng voices (16 kHz).")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "asr_narrowband.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
-        report = run(args.arms, args.epochs, args.held_out, args.model, args.threads, Path(work), args.limit)
+        report = run(args.arms, args.epochs, args.held_out, args.model, args.threads, Path(work), args.limit,
+                     args.synthetic)
     Path(args.out).write_text(json.dumps(report, indent=1))
     Path(args.out).with_suffix(".md").write_text(markdown(report) + "\n")
     print(markdown(report))
