@@ -163,10 +163,7 @@ class SpeechRecognition(Task):
         probe = create_model(cfg.model, vocab_size=len(self.vocab))
         subsample = probe.encoder.subsampling.output_length
         self.hybrid = hasattr(probe, "joint")  # a CTC/RNN-T hybrid (convformer.asr.hybrid)
-        self.decoder = ("rnnt" if self.hybrid else "ctc") if cfg.decoder == "auto" else cfg.decoder
-        if self.decoder not in ("ctc", "rnnt") or (self.decoder == "rnnt" and not self.hybrid):
-            raise ConvformerError(f"--decoder {cfg.decoder!r}: use ctc, auto, or rnnt with a hybrid model "
-                                  "(conformer_hybrid_*)")
+        self.decoder = pick_decoder(probe, cfg.decoder)
         if not 0.0 <= cfg.ctc_weight <= 1.0:
             raise ConvformerError(f"--ctc-weight must be within [0, 1], got {cfg.ctc_weight}")
         self.ctc_weight = cfg.ctc_weight
@@ -296,7 +293,6 @@ def stream_chunk(stream, chunk_ms: float | None) -> int:
     return frames
 
 
-@torch.no_grad()
 def pick_decoder(model, decoder: str = "auto") -> str:
     """The head that decodes: "ctc", or "rnnt" for a hybrid model; "auto" is rnnt where there is one."""
     hybrid = hasattr(model, "joint")
@@ -306,6 +302,7 @@ def pick_decoder(model, decoder: str = "auto") -> str:
     return chosen
 
 
+@torch.no_grad()
 def decode_batch(model, vocab, feats, lengths, stream=None, chunk: int = 0, decoder: str = "auto") -> list[str]:
     """Greedy transcripts of a padded feature batch, offline or through the streaming encoder, by the CTC
     head or (hybrid models) the RNN-T head; streamed RNN-T decoding carries its state across chunks."""
