@@ -44,4 +44,4 @@ $(NEMO_VENV)/.installed: pyproject.toml
 	touch $@
 
 test-nemo: $(NEMO_VENV)/.installed
-	$(NEMO_VENV)/bin/python -m pytest -q tests/asr/test_conformer_nemo.py
+	$(NEMO_VENV)/bin/python -m pytest -q tests/asr/test_conformer_nemo.py tests/asr/test_hybrid_nemo.py

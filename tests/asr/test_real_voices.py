@@ -1,6 +1,7 @@
 """Real recordings (FSDD, ../shared/data): manifests split by speaker, narrowband (8 kHz) audio handled in
 the features, and several manifests of mixed sample rates in one training run."""
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ def test_fsdd_manifests_hold_a_whole_speaker_out(tmp_path):
 
 
 @needs_fsdd
-def test_narrowband_audio_has_its_empty_bands_masked():
+def test_narrowband_audio_has_its_empty_bands_masked_on_request():
     """8 kHz audio has nothing above 4 kHz; without the mask, per-band normalisation turns those bands into
     unit-variance noise. With it they are exactly 0, and the bands below are untouched."""
     wav = sorted(FSDD.glob("*.wav"))[0]
@@ -68,16 +69,75 @@ def test_training_on_several_manifests_of_mixed_rates(tmp_path):
     train(cfg, progress=False, log=lambda *_: None)
     config = json.loads((tmp_path / "mixed" / "config.json").read_text())
     assert config["train_utterances"] == 6 and config["narrowband_utterances"] == {"train": 3, "val": 0}
+    from convformer.asr.task import load_asr
+    assert load_asr(str(tmp_path / "mixed" / "best.safetensors"))[0].narrowband == "keep"  # the default
+    with pytest.raises(ConvformerError, match="--narrowband must be keep or mask"):
+        train(AsrTrainConfig(data=str(data), narrowband="drop", epochs=1, threads=1, output=str(tmp_path), name="x"),
+              progress=False, log=lambda *_: None)
 
 
 @needs_fsdd
-def test_narrowband_benchmark_runs_both_arms_on_a_tiny_budget(tmp_path):
+def test_real_voice_benchmark_runs_its_arms_on_a_tiny_budget(tmp_path):
     from conftest import load_benchmark
-    script = load_benchmark("asr_narrowband")
-    report = script.run(["masked", "unmasked"], epochs=1, held_out="theo", model="conformer_ctc_xs", threads=1,
-                        work=tmp_path, limit=4)
-    assert [r["arm"] for r in report["results"]] == ["masked", "unmasked"]
-    for r in report["results"]:
+    script = load_benchmark("asr_real_voices")
+    report = script.run(["masked", "speed_noise", "hybrid"], epochs=1, held_out="theo", threads=1, work=tmp_path,
+                        limit=4)
+    rows = report["results"]
+    assert [r["arm"] for r in rows] == ["masked", "speed_noise", "hybrid"]
+    assert [r["model"] for r in rows] == ["conformer_ctc_xs", "conformer_ctc_xs", "conformer_hybrid_xs"]
+    for r in rows:
         assert r["heldout_default"]["utterances"] == r["heldout_zero_lookahead"]["utterances"] == 4
-        assert r["heldout_zero_lookahead"]["context"] == [32, 0]
-    assert "| masked |" in script.markdown(report)
+        assert r["heldout_zero_lookahead"]["context"] == [32, 0] and len(r["val_cer_by_epoch"]) == 1
+    assert "| speed_noise | conformer_ctc_xs | 0 |" in script.markdown(report)
+    # a second run with another arm extends the report; the same arm and seed replaces its row
+    again = script.run(["masked"], epochs=1, held_out="theo", threads=1, work=tmp_path / "again", limit=4)
+    merged = script.merge(report, again)
+    assert [r["arm"] for r in merged["results"]] == ["speed_noise", "hybrid", "masked"]
+    with pytest.raises(SystemExit, match="unknown arms"):
+        script.run(["louder"], epochs=1, held_out="theo", threads=1, work=tmp_path, limit=4)
+
+
+def test_speed_perturbation_resamples_and_noise_meets_its_snr():
+    from convformer.asr.data import WaveAugment
+    wave = torch.sin(torch.arange(16000) * 0.05)
+    assert len(WaveAugment.change_speed(wave, 1.1)) == math.ceil(16000 / 1.1)   # 10 / 11 of the samples
+    assert len(WaveAugment.change_speed(wave, 0.9)) == math.ceil(16000 / 0.9)
+    torch.manual_seed(0)
+    fast_only = WaveAugment(speeds=(1.1,))
+    assert len(fast_only(wave)) == math.ceil(16000 / 1.1)
+    assert len(fast_only(wave, fastest=1.0)) == 16000  # too short to speed up: plays at 1x
+    noisy = WaveAugment(speeds=(1.0,), noise=1.0, snr_db=(20.0, 20.0))(wave)
+    snr = 10 * torch.log10(wave.pow(2).mean() / (noisy - wave).pow(2).mean())
+    assert abs(float(snr) - 20.0) < 0.01
+    with pytest.raises(ConvformerError, match="noise probability"):
+        WaveAugment(noise=2.0)
+
+
+def test_gain_changes_normalised_features_only_near_the_log_guard():
+    """Per-band normalisation removes a gain's constant log offset, except where the power is near the log
+    guard (2^-24): wideband noise barely changes, speech with digital silence does."""
+    from convformer.asr.task import BUNDLED
+    frontend = LogMelFrontend(FrontendConfig()).eval()
+    torch.manual_seed(0)
+    noise = torch.randn(16000) * 0.1
+    assert (frontend(noise * 0.5)[0] - frontend(noise)[0]).abs().mean() < 1e-3
+    speech = load_audio(sorted((BUNDLED / "test").glob("*.flac"))[0])
+    assert (frontend(speech * 0.5)[0] - frontend(speech)[0]).abs().mean() > 0.01
+
+
+def test_augmented_items_are_drawn_afresh_and_repeatably(tmp_path):
+    """With speed perturbation and noise the features are computed per item from the waveform, from torch's
+    generator (which the engine seeds): the same seed gives the same item, the next draw another."""
+    from convformer.asr.task import SpeechRecognition
+    data = small_corpus(tmp_path / "data", train=4, val=2)
+    cfg = AsrTrainConfig(data=str(data), speed_perturb=True, noise=1.0, epochs=1, batch_size=2, threads=1,
+                         output=str(tmp_path), name="aug")
+    built = SpeechRecognition().build(cfg, progress=False)
+    train_set = built.train
+    assert train_set.features[0] is None and len(train_set.waves) == 4
+    torch.manual_seed(0)
+    a = train_set[0][0]
+    torch.manual_seed(0)
+    assert torch.equal(a, train_set[0][0])
+    assert not torch.equal(a, train_set[0][0])
+    assert not built.val.waves and built.val.features[0] is not None  # validation is never augmented

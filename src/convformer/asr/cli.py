@@ -35,6 +35,14 @@ def train_cmd(
                                                      "or auto (rnnt where there is one)."),
     spec_augment: Optional[bool] = typer.Option(None, "--spec-augment/--no-spec-augment",
                                                 help="SpecAugment on training features [default: on]."),
+    speed_perturb: Optional[bool] = typer.Option(None, "--speed-perturb/--no-speed-perturb",
+                                                 help="Play each training item at 0.9x, 1x or 1.1x speed [default: off]."),
+    noise: Optional[float] = typer.Option(None, help="Probability of adding noise (10-30 dB SNR) to a training "
+                                                     "item [default: 0]."),
+    gain_db: Optional[float] = typer.Option(None, help="Random gain of up to this many dB either way (volume "
+                                                       "perturbation) [default: 0]."),
+    narrowband: Optional[str] = typer.Option(None, help="Audio recorded below 16 kHz: 'keep' its empty upper mel "
+                                                        "bands or 'mask' them [default: keep]."),
     epochs: Optional[int] = typer.Option(None, help="Epochs [default: 40]."),
     batch_size: Optional[int] = typer.Option(None, help="Utterances per batch and process [default: 16]."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: 2e-3]."),
@@ -114,7 +122,8 @@ def eval_cmd(
     if not scored.is_file() and Path(manifest).is_file():
         raise ConvformerError(f"manifest {manifest} is not in the data folder {folder} (it is in the current folder: "
                               f"pass --data FOLDER for the folder that holds it and its audio)")
-    utts = Utterances(read_manifest(scored), vocab, LogMelFrontend(FrontendConfig()).eval())
+    utts = Utterances(read_manifest(scored), vocab, LogMelFrontend(FrontendConfig()).eval(),
+                      mask_narrowband=getattr(net, "narrowband", "keep") == "mask")
     typer.echo(f"scoring {scored} ({len(utts)} utterances) with the {pick_decoder(net, decoder)} head")
     loader = torch.utils.data.DataLoader(utts, batch_size=batch_size, collate_fn=collate_utterances)
     modes = ["offline"] + (["streaming"] if stream else [])
@@ -164,7 +173,10 @@ def transcribe_cmd(
     for path in audio:
         limit = band_limit(path, frontend.cfg.sample_rate)
         if limit is not None:
-            typer.echo(f"{path}: recorded at {int(2 * limit)} Hz; mel bands above {limit:.0f} Hz masked")
+            masked = getattr(net, "narrowband", "keep") == "mask"
+            typer.echo(f"{path}: recorded at {int(2 * limit)} Hz, resampled to {frontend.cfg.sample_rate} Hz; mel "
+                       f"bands above {limit:.0f} Hz " + ("masked" if masked else "hold no speech"))
+            limit = limit if masked else None
         feats, lengths = frontend(load_audio(path, frontend.cfg.sample_rate), band_limit_hz=limit)
         if not stream:
             typer.echo(f"{path}: {decode_batch(net, vocab, feats, lengths, decoder=decoder)[0]}")

@@ -16,6 +16,10 @@ class AsrTrainConfig(EngineOptions):
     val_manifest: str = "test.jsonl"
     vocab: str = "chars"                 # "chars" or a SentencePiece .model file
     spec_augment: bool = True            # SpecAugment on training features
+    speed_perturb: bool = False          # each training item played at 0.9x, 1x or 1.1x speed (drawn per item)
+    noise: float = 0.0                   # probability of adding noise at 10-30 dB SNR to a training item
+    gain_db: float = 0.0                 # random gain of up to this many dB either way (volume perturbation)
+    narrowband: str = "keep"             # audio recorded below 16 kHz: "keep" its empty upper mel bands or "mask" them
     ctc_weight: float = 0.3              # hybrid CTC/RNN-T models: loss = w * ctc + (1 - w) * rnnt
     decoder: str = "auto"                # head that decodes in validation: "ctc", "rnnt" (hybrids), auto: rnnt if any
     epochs: int = 40

@@ -36,7 +36,9 @@ class ConformerConfig:
     n_heads: int = 4
     ff_expansion: int = 4
     conv_kernel: int = 9
-    conv_norm: str = "batch_norm"           # or "layer_norm"
+    conv_norm: str = "batch_norm"           # or "layer_norm"; "instance_norm", "group_normN" (offline only)
+    bias: bool = True                       # biases in the layers' linear and conv layers (NeMo's use_bias)
+    feat_out: int = 0                       # > 0 (and != d_model): a final linear projection to this width
     causal_conv: bool = True                # depthwise conv sees (kernel-1) past frames, none ahead
     subsampling: str = "dw_striding"        # or "striding"
     subsampling_factor: int = 4             # 4 or 8 (or any power of 2)
@@ -61,6 +63,7 @@ class ConformerConfig:
         f = self.subsampling_factor
         if f < 2 or f & (f - 1):
             raise ConvformerError(f"subsampling_factor must be a power of 2, not {f}")
+        norm_check(self.conv_norm, self.d_model)
         if self.d_model % self.n_heads:
             raise ConvformerError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         for ctx in self.att_context:
@@ -69,6 +72,11 @@ class ConformerConfig:
         if self.att_context_probs and len(self.att_context_probs) != len(self.att_context):
             raise ConvformerError("att_context_probs needs one weight per attention context")
         return self
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the encoder's output (what the heads see)."""
+        return self.feat_out if self.feat_out > 0 else self.d_model
 
     @property
     def frame_ms(self) -> float:
@@ -144,26 +152,44 @@ def _zero_outside(x: torch.Tensor, first: torch.Tensor, lengths: torch.Tensor, d
 
 # ---- the layer -------------------------------------------------------------------------------------------
 class FeedForward(nn.Sequential):
-    def __init__(self, dim: int, expansion: int, dropout: float):
-        super().__init__(nn.Linear(dim, dim * expansion), nn.SiLU(), nn.Dropout(dropout),
-                         nn.Linear(dim * expansion, dim))
+    def __init__(self, dim: int, expansion: int, dropout: float, bias: bool = True):
+        super().__init__(nn.Linear(dim, dim * expansion, bias=bias), nn.SiLU(), nn.Dropout(dropout),
+                         nn.Linear(dim * expansion, dim, bias=bias))
+
+
+UTTERANCE_NORMS = ("instance_norm", "group_norm")
+
+
+def norm_check(norm: str, dim: int) -> None:
+    """Refuse a conv_norm we cannot build, naming the ones we can."""
+    if norm in ("batch_norm", "layer_norm", "instance_norm"):
+        return
+    if norm.startswith("group_norm") and norm[len("group_norm"):].isdigit():
+        groups = int(norm[len("group_norm"):])
+        if groups > 0 and dim % groups == 0:
+            return
+    raise ConvformerError(f"conv_norm {norm!r} is not supported: use batch_norm, layer_norm, instance_norm or "
+                          f"group_normN (N groups dividing d_model={dim})")
 
 
 class ConvModule(nn.Module):
     """Pointwise conv + GLU, depthwise conv (causal or centred), norm, Swish, pointwise conv; (B,T,C)."""
 
-    def __init__(self, dim: int, kernel: int, norm: str = "batch_norm", causal: bool = True):
+    def __init__(self, dim: int, kernel: int, norm: str = "batch_norm", causal: bool = True, bias: bool = True):
         super().__init__()
         self.context = (kernel - 1, 0) if causal else ((kernel - 1) // 2, (kernel - 1) // 2)
-        self.pw1 = nn.Conv1d(dim, 2 * dim, 1)
-        self.dw = nn.Conv1d(dim, dim, kernel, groups=dim)
+        self.pw1 = nn.Conv1d(dim, 2 * dim, 1, bias=bias)
+        self.dw = nn.Conv1d(dim, dim, kernel, groups=dim, bias=bias)
+        norm_check(norm, dim)
         if norm == "batch_norm":
             self.norm = nn.BatchNorm1d(dim)
         elif norm == "layer_norm":
             self.norm = nn.LayerNorm(dim)
-        else:
-            raise ConvformerError(f"conv_norm must be 'batch_norm' or 'layer_norm', not {norm!r}")
-        self.pw2 = nn.Conv1d(dim, dim, 1)
+        elif norm == "instance_norm":  # statistics over the whole (padded) utterance, no parameters, as NeMo's
+            self.norm = nn.InstanceNorm1d(dim)
+        else:                          # group_normN: statistics over N channel groups and the whole utterance
+            self.norm = nn.GroupNorm(int(norm[len("group_norm"):]), dim)
+        self.pw2 = nn.Conv1d(dim, dim, 1, bias=bias)
 
     def forward(self, x: torch.Tensor, invalid: torch.Tensor | None = None, cache: torch.Tensor | None = None):
         """``invalid`` (B, T) marks frames to zero before the depthwise conv; ``cache`` (B, C, kernel-1)
@@ -188,12 +214,12 @@ class ConformerLayer(nn.Module):
     def __init__(self, cfg: ConformerConfig):
         super().__init__()
         d = cfg.d_model
-        self.ffn1_norm, self.ffn1 = nn.LayerNorm(d), FeedForward(d, cfg.ff_expansion, cfg.dropout)
+        self.ffn1_norm, self.ffn1 = nn.LayerNorm(d), FeedForward(d, cfg.ff_expansion, cfg.dropout, cfg.bias)
         self.attn_norm = nn.LayerNorm(d)
-        self.attn = RelPositionAttention(d, cfg.n_heads, attn_drop=cfg.dropout_att)
+        self.attn = RelPositionAttention(d, cfg.n_heads, attn_drop=cfg.dropout_att, bias=cfg.bias)
         self.conv_norm = nn.LayerNorm(d)
-        self.conv = ConvModule(d, cfg.conv_kernel, cfg.conv_norm, cfg.causal_conv)
-        self.ffn2_norm, self.ffn2 = nn.LayerNorm(d), FeedForward(d, cfg.ff_expansion, cfg.dropout)
+        self.conv = ConvModule(d, cfg.conv_kernel, cfg.conv_norm, cfg.causal_conv, cfg.bias)
+        self.ffn2_norm, self.ffn2 = nn.LayerNorm(d), FeedForward(d, cfg.ff_expansion, cfg.dropout, cfg.bias)
         self.out_norm = nn.LayerNorm(d)
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -250,7 +276,12 @@ class ConformerEncoder(nn.Module):
         self.xscale = math.sqrt(cfg.d_model) if cfg.xscaling else 1.0
         self.pre_drop = nn.Dropout(cfg.dropout_pre_encoder)
         self.layers = nn.ModuleList(ConformerLayer(cfg) for _ in range(cfg.n_layers))
+        self.out_proj = nn.Linear(cfg.d_model, cfg.feat_out) if cfg.out_dim != cfg.d_model else None
         self.context_index = 0
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """The last layer's output to the encoder's output width (``feat_out``; identity without one)."""
+        return x if self.out_proj is None else self.out_proj(x)
 
     @property
     def att_context(self) -> tuple:
@@ -274,7 +305,7 @@ class ConformerEncoder(nn.Module):
         return random.choices(contexts, weights=self.cfg.att_context_probs or None)[0]
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor | None = None):
-        """features (B, T, feat_in), lengths (B,) -> encodings (B, T', d_model), lengths (B,)."""
+        """features (B, T, feat_in), lengths (B,) -> encodings (B, T', out_dim), lengths (B,)."""
         if features.dim() != 3 or features.shape[-1] != self.cfg.feat_in:
             raise ConvformerError(f"expected features (batch, frames, {self.cfg.feat_in}), got {tuple(features.shape)}")
         if lengths is None:
@@ -289,7 +320,7 @@ class ConformerEncoder(nn.Module):
         blocked = ~(allowed.unsqueeze(0) & valid.unsqueeze(2) & valid.unsqueeze(1))
         for layer in self.layers:
             x = layer(x, table, index, blocked, ~valid)
-        return x, lengths
+        return self.project(x), lengths
 
 
 class ConformerCTC(nn.Module):
@@ -299,7 +330,7 @@ class ConformerCTC(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = ConformerEncoder(cfg)
-        self.head = nn.Linear(cfg.d_model, cfg.vocab_size + 1)
+        self.head = nn.Linear(cfg.out_dim, cfg.vocab_size + 1)
 
     @property
     def blank(self) -> int:

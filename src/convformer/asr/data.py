@@ -150,6 +150,60 @@ class SpecAugment(nn.Module):
         return x
 
 
+class WaveAugment:
+    """Waveform augmentation as speech toolkits apply it before the front end, drawn from torch's global
+    generator (so the engine's seeds make it repeatable): speed perturbation (Ko et al. 2015: resample so the
+    utterance plays ``speed`` times faster, which moves pitch and formants too, imitating other voices), a
+    gain of up to ``gain_db`` either way, and with probability ``noise`` additive noise (white, or reddened by
+    a random one-pole filter) at an SNR drawn from ``snr_db``.
+
+    A gain g adds log(g^2) to every band, which per-band normalisation removes, except where the power is
+    near the log guard (2^-24) or the dither: silences. So gain perturbation acts mainly on how quiet passages
+    look to the model."""
+
+    def __init__(self, speeds=(0.9, 1.0, 1.1), gain_db: float = 0.0, noise: float = 0.0,
+                 snr_db: tuple[float, float] = (10.0, 30.0)):
+        if any(s <= 0 for s in speeds) or not speeds:
+            raise ConvformerError(f"speed perturbation factors must be positive, got {list(speeds)}")
+        if not 0.0 <= noise <= 1.0:
+            raise ConvformerError(f"the noise probability must be within [0, 1], got {noise}")
+        self.speeds, self.gain_db, self.noise, self.snr_db = tuple(speeds), gain_db, noise, tuple(snr_db)
+
+    @property
+    def fastest(self) -> float:
+        return max(self.speeds)
+
+    @staticmethod
+    def change_speed(wave: torch.Tensor, speed: float) -> torch.Tensor:
+        if speed == 1.0:
+            return wave
+        from fractions import Fraction
+        from scipy.signal import resample_poly
+        ratio = Fraction(1 / speed).limit_denominator(100)
+        out = resample_poly(wave.numpy(), ratio.numerator, ratio.denominator)
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+    def __call__(self, wave: torch.Tensor, fastest: float = float("inf")) -> torch.Tensor:
+        """A perturbed copy of ``wave``; a drawn speed above ``fastest`` (an utterance that would become too
+        short for its transcript) plays at 1x instead."""
+        speed = self.speeds[int(torch.randint(len(self.speeds), ()))]
+        speed = speed if speed <= fastest else 1.0
+        wave = self.change_speed(wave, speed)
+        if self.gain_db:
+            wave = wave * 10 ** (float(torch.empty(()).uniform_(-self.gain_db, self.gain_db)) / 20)
+        if self.noise and float(torch.rand(())) < self.noise:
+            noise = torch.randn(wave.shape)
+            pole = float(torch.rand(())) * 0.95
+            if pole > 0.05:
+                from scipy.signal import lfilter
+                noise = torch.from_numpy(lfilter([1.0], [1.0, -pole], noise.numpy()).astype(np.float32))
+            snr = float(torch.empty(()).uniform_(*self.snr_db))
+            power = wave.pow(2).mean().clamp(min=1e-10)
+            noise = noise * (power / noise.pow(2).mean().clamp(min=1e-10) / 10 ** (snr / 10)).sqrt()
+            wave = wave + noise
+        return wave
+
+
 # ---- audio files -----------------------------------------------------------------------------------------
 def audio_rate(path: str | os.PathLike) -> int:
     """The sample rate a file was recorded at (read from its header)."""

@@ -19,17 +19,18 @@ from convformer.asr.transducer import JointNetwork, PredictionNetwork, greedy_tr
 
 
 class ConformerHybrid(ConformerCTC):
-    def __init__(self, cfg: ConformerConfig, pred_hidden: int = 320, joint_hidden: int = 320):
+    def __init__(self, cfg: ConformerConfig, pred_hidden: int = 320, joint_hidden: int = 320, pred_layers: int = 1,
+                 joint_activation: str = "relu"):
         super().__init__(cfg)
-        self.prediction = PredictionNetwork(cfg.vocab_size, pred_hidden)
-        self.joint = JointNetwork(cfg.d_model, pred_hidden, joint_hidden, cfg.vocab_size)
+        self.prediction = PredictionNetwork(cfg.vocab_size, pred_hidden, pred_layers)
+        self.joint = JointNetwork(cfg.out_dim, pred_hidden, joint_hidden, cfg.vocab_size, joint_activation)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor | None = None,
                 targets: torch.Tensor | None = None):
         """Without targets: CTC log-probabilities and lengths, as ``ConformerCTC``. With (B, U) targets (any
         padding value): also the transducer's (B, T', U + 1, vocab_size + 1) log-probabilities."""
         x, lengths = self.encoder(features, lengths)
-        ctc = torch.log_softmax(self.head(x), dim=-1)
+        ctc = torch.log_softmax(self.head(x), dim=-1) if self.head is not None else None
         if targets is None:
             return ctc, lengths
         g, _ = self.prediction(targets.clamp(min=0))
@@ -43,15 +44,25 @@ class ConformerHybrid(ConformerCTC):
         return greedy_transducer_decode(self.prediction, self.joint, x, lengths, max_symbols)
 
 
-HEAD_OPTIONS = ("pred_hidden", "joint_hidden")
+class ConformerTransducer(ConformerHybrid):
+    """The encoder and the RNN-T head alone (NeMo's ``EncDecRNNTModel``): a hybrid without the CTC head, so
+    it decodes only with the transducer and trains only on its loss (``head`` is None)."""
+
+    def __init__(self, cfg: ConformerConfig, **heads):
+        super().__init__(cfg, **heads)
+        self.head = None
 
 
-def build_hybrid(base: ConformerConfig, pred_hidden: int, joint_hidden: int, **kwargs) -> ConformerHybrid:
-    """A hybrid Conformer from a registered configuration; keyword arguments override encoder fields and
-    ``pred_hidden`` and ``joint_hidden``."""
-    heads = dict(pred_hidden=pred_hidden, joint_hidden=joint_hidden)
+HEAD_OPTIONS = ("pred_hidden", "joint_hidden", "pred_layers", "joint_activation")
+
+
+def build_hybrid(base: ConformerConfig, width: int, ctc_head: bool = True, **kwargs) -> ConformerHybrid:
+    """A hybrid Conformer from a registered configuration (without ``ctc_head``: a transducer) whose prediction
+    and joint networks are ``width`` wide; keyword arguments override encoder fields and ``HEAD_OPTIONS``."""
+    heads = dict(pred_hidden=width, joint_hidden=width)
     heads.update({k: kwargs[k] for k in HEAD_OPTIONS if k in kwargs})
-    return ConformerHybrid(conformer_config(base, extra=HEAD_OPTIONS, **kwargs), **heads)
+    cfg = conformer_config(base, extra=HEAD_OPTIONS, **kwargs)
+    return ConformerHybrid(cfg, **heads) if ctc_head else ConformerTransducer(cfg, **heads)
 
 
 # ---- registry --------------------------------------------------------------------------------------------
@@ -69,4 +80,13 @@ for _name, (_encoder, _width, _params, _macs) in _HYBRIDS.items():
                          f"prediction network (embedding + 1-layer LSTM, {_width}) and joint network ({_width}, "
                          "ReLU); trained with 0.3 CTC + 0.7 RNN-T. MACs: the encoder and CTC head (the "
                          "transducer's cost depends on the tokens decoded).")
-    register_model(_card, lambda c=_cfg, w=_width, **kw: build_hybrid(c, w, w, **kw))
+    register_model(_card, lambda c=_cfg, w=_width, **kw: build_hybrid(c, w, **kw))
+
+# the transducer alone: the hybrid's encoder and RNN-T head without the CTC head
+_cfg, _, _, _ = _SIZES["conformer_ctc_xs"]
+register_model(_speech_card("conformer_transducer_xs", _cfg, 1_724_061, 49_909_440,
+                            "conformer_ctc_xs's encoder with only the RNN-T head of conformer_hybrid_xs (prediction "
+                            "network: embedding + 1-layer LSTM, 128; joint network: 128, ReLU); NeMo's "
+                            "EncDecRNNTModel. MACs: the encoder (the transducer's cost depends on the tokens "
+                            "decoded)."),
+               lambda c=_cfg, **kw: build_hybrid(c, 128, ctc_head=False, **kw))

@@ -1,7 +1,10 @@
 """NVIDIA NeMo's key layout for the Conformer: NeMo names ``encoder.layers.N.self_attn.linear_q`` what we
-name ``encoder.layers.N.attn.q``; this map is the whole difference, plus the CTC head, which NeMo keeps
-as a kernel-1 Conv1d (``decoder.decoder_layers.0``) and we as a Linear. Pure functions on state dicts,
-so the model (:mod:`.conformer`) and the archive reader (:mod:`.nemo`) can both use them."""
+name ``encoder.layers.N.attn.q``; this map is the whole difference, plus the heads. NeMo keeps the CTC head
+as a kernel-1 Conv1d (``decoder.decoder_layers.0`` in a CTC model, ``ctc_decoder.decoder_layers.0`` in a
+hybrid) and we as a Linear; its RNN-T prediction network is ``decoder.prediction.{embed,dec_rnn.lstm}``
+(ours ``prediction.{embedding,lstm}``) and its joint's output layer ``joint.joint_net.N``, where N is 1
+without joint dropout and 2 with it (ours is always ``joint.net.2``). Pure functions on state dicts, so the
+model (:mod:`.conformer`) and the archive reader (:mod:`.nemo`) can both use them."""
 from __future__ import annotations
 
 import re
@@ -64,8 +67,18 @@ def from_nemo(state_dict: dict, subsampling: str = "dw_striding") -> dict:
         elif k in ("pos_bias_u", "pos_bias_v"):  # untie_biases=False: one pair shared by all layers
             for i in range(num_layers):
                 out[f"encoder.layers.{i}.attn.bias_{k[-1]}"] = value.clone()
-        elif m := re.match(r"^decoder\.decoder_layers\.0\.(weight|bias)$", key):
+        elif m := re.match(r"^(?:ctc_)?decoder\.decoder_layers\.0\.(weight|bias)$", key):
             out[f"head.{m.group(1)}"] = value.squeeze(-1) if m.group(1) == "weight" else value
+        elif m := re.match(r"^out_proj\.(weight|bias)$", k):
+            out[f"encoder.out_proj.{m.group(1)}"] = value
+        elif key == "decoder.prediction.embed.weight":
+            out["prediction.embedding.weight"] = value
+        elif m := re.match(r"^decoder\.prediction\.dec_rnn\.lstm\.(\w+)$", key):
+            out[f"prediction.lstm.{m.group(1)}"] = value
+        elif m := re.match(r"^joint\.(pred|enc)\.(weight|bias)$", key):
+            out[key] = value
+        elif m := re.match(r"^joint\.joint_net\.\d+\.(weight|bias)$", key):
+            out[f"joint.net.2.{m.group(1)}"] = value
         elif key.startswith(("preprocessor.", "encoder.pos_enc.", "pos_enc.")) or "spec_augment" in key:
             continue  # filterbank and window buffers, positional table: recomputed, not learned
         else:
@@ -73,9 +86,13 @@ def from_nemo(state_dict: dict, subsampling: str = "dw_striding") -> dict:
     return out
 
 
-def to_nemo(state_dict: dict, subsampling: str = "dw_striding", with_head: bool = True) -> dict:
-    """Our ``ConformerCTC`` state dict in NeMo's names (``encoder.*`` and ``decoder.decoder_layers.0.*``)."""
+def to_nemo(state_dict: dict, subsampling: str = "dw_striding", with_head: bool = True,
+            joint_dropout: bool = False) -> dict:
+    """Our ``ConformerCTC`` / hybrid / transducer state dict in NeMo's names: ``encoder.*``, the CTC head as
+    ``decoder.decoder_layers.0.*`` (``ctc_decoder...`` beside a transducer), ``decoder.prediction.*`` and
+    ``joint.*``; ``joint_dropout``: the NeMo joint has a dropout layer (its output layer is then index 2)."""
     out = {}
+    transducer = any(k.startswith("prediction.") for k in state_dict)
     for key, value in state_dict.items():
         if m := re.match(r"^encoder\.subsampling\.stages\.(\d+)\.(conv|dw|pw)\.(weight|bias)$", key):
             idx = _subsampling_index(subsampling, int(m.group(1)), m.group(2))
@@ -86,6 +103,17 @@ def to_nemo(state_dict: dict, subsampling: str = "dw_striding", with_head: bool 
             out[f"encoder.layers.{m.group(1)}.self_attn.pos_bias_{m.group(2)}"] = value
         elif m := re.match(r"^encoder\.layers\.(\d+)\.(.+)\.([a-z_]+)$", key):
             out[f"encoder.layers.{m.group(1)}.{_LAYER_BACK[m.group(2)]}.{m.group(3)}"] = value
+        elif key.startswith("encoder.out_proj."):
+            out[key] = value
         elif key.startswith("head.") and with_head:
-            out[f"decoder.decoder_layers.0.{key[5:]}"] = value.unsqueeze(-1) if key.endswith("weight") else value
+            ctc = "ctc_decoder" if transducer else "decoder"
+            out[f"{ctc}.decoder_layers.0.{key[5:]}"] = value.unsqueeze(-1) if key.endswith("weight") else value
+        elif key == "prediction.embedding.weight":
+            out["decoder.prediction.embed.weight"] = value
+        elif key.startswith("prediction.lstm."):
+            out[f"decoder.prediction.dec_rnn.lstm.{key[len('prediction.lstm.'):]}"] = value
+        elif key.startswith(("joint.pred.", "joint.enc.")):
+            out[key] = value
+        elif key.startswith("joint.net.2."):
+            out[f"joint.joint_net.{2 if joint_dropout else 1}.{key[len('joint.net.2.'):]}"] = value
     return out

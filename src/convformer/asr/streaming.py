@@ -27,7 +27,7 @@ from torch import nn
 
 from convformer.errors import ConvformerError
 from convformer.mixers.rel_attention import relative_layout
-from convformer.asr.conformer import ConformerEncoder, context_allowed, lookahead_frames
+from convformer.asr.conformer import UTTERANCE_NORMS, ConformerEncoder, context_allowed, lookahead_frames
 
 
 @dataclass
@@ -69,6 +69,9 @@ class StreamingConformer(nn.Module):
                                   "(causal_subsampling=True, causal_conv=True)")
         if left < 0:
             raise ConvformerError(f"streaming needs a finite left context; this model's is {self.context}")
+        if cfg.conv_norm.startswith(UTTERANCE_NORMS):
+            raise ConvformerError(f"conv_norm {cfg.conv_norm!r} normalises over the whole utterance, so the model "
+                                  "cannot stream; use batch_norm or layer_norm to stream")
         if cfg.att_context_style == "chunked_limited" and right >= 0:
             self.chunk = right + 1
             self.lag = 0
@@ -168,7 +171,7 @@ class StreamingConformer(nn.Module):
                           feat_len=feat_len, ended=state.ended | (lengths < n),
                           keys=torch.stack(keys_next) if keys_next else state.keys,
                           conv=torch.stack(conv_next) if conv_next else state.conv, signature=self.signature)
-        return x, valid, nxt
+        return enc.project(x), valid, nxt
 
     def frames_owed(self, state: StreamState) -> int:
         """Output frames some stream still has to receive (steps with empty chunks deliver them)."""

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from convformer.progress import progress_bar
 
 from convformer.asr.data import (CharVocabulary, FrontendConfig, LogMelFrontend, SentencePieceVocabulary, SpecAugment,
-                           band_limit, load_audio)
+                           WaveAugment, band_limit, load_audio)
 from convformer.errors import ConvformerError
 from convformer.asr.transducer import GreedyTransducerDecoder, rnnt_loss
 from convformer.asr.ctc import StreamingGreedyDecoder, edit_distance, error_rates, greedy_decode
@@ -72,6 +72,22 @@ def read_manifests(folder: Path, names) -> list[dict]:
     return entries
 
 
+def narrowband_masking(option: str) -> bool:
+    """``--narrowband``: "keep" the bands above a narrowband recording's Nyquist frequency as they come out
+    of resampling (the default: measured better, benchmarks/results/asr_narrowband.md), or "mask" them."""
+    if option not in ("keep", "mask"):
+        raise ConvformerError(f"--narrowband must be keep or mask, not {option!r}")
+    return option == "mask"
+
+
+def wave_augment(cfg) -> WaveAugment | None:
+    """The training waveform augmentation the config asks for (None: features are computed once)."""
+    speeds = (0.9, 1.0, 1.1) if cfg.speed_perturb else (1.0,)
+    if speeds == (1.0,) and not cfg.noise and not cfg.gain_db:
+        return None
+    return WaveAugment(speeds, gain_db=cfg.gain_db, noise=cfg.noise)
+
+
 def build_vocabulary(spec: str):
     if spec == "chars":
         return CharVocabulary()
@@ -92,36 +108,54 @@ def vocabulary_from_meta(text: str):
 
 
 class Utterances(Dataset):
-    """Log-mel features and token ids of every manifest entry, computed once."""
+    """Log-mel features and token ids of every manifest entry, computed once; with ``wave_augment`` the
+    waveforms are kept instead and each item's features are computed from a freshly perturbed copy.
+    ``mask_narrowband``: zero the mel bands above a narrowband recording's own Nyquist frequency."""
 
     def __init__(self, entries: list[dict], vocab, frontend: LogMelFrontend, subsampling=None,
-                 augment: SpecAugment | None = None, progress: bool = False, what: str = "utterances"):
-        self.texts, self.features, self.tokens = [], [], []
-        self.augment, self.narrowband = augment, 0
+                 augment: SpecAugment | None = None, progress: bool = False, what: str = "utterances",
+                 wave_augment: WaveAugment | None = None, mask_narrowband: bool = False):
+        self.texts, self.features, self.tokens, self.waves, self.limits, self.fastest = [], [], [], [], [], []
+        self.augment, self.wave_augment, self.frontend, self.narrowband = augment, wave_augment, frontend, 0
         for entry in progress_bar(entries, desc=f"features ({what})", disable=not progress, leave=False, unit="utt"):
             rate = frontend.cfg.sample_rate
             limit = band_limit(entry["audio_filepath"], rate)
             self.narrowband += limit is not None
-            feats, _ = frontend(load_audio(entry["audio_filepath"], rate), band_limit_hz=limit)
+            limit = limit if mask_narrowband else None
+            wave = load_audio(entry["audio_filepath"], rate)
+            feats, _ = frontend(wave, band_limit_hz=limit)
             tokens = vocab.encode(entry["text"])
             if not tokens:
                 raise ConvformerError(f"{entry['audio_filepath']}: its transcript {entry['text']!r} has no "
                                       "symbol of the vocabulary")
+            fastest = float("inf")
             if subsampling is not None:  # CTC needs a frame per token, and one more between repeats
-                frames = int(subsampling(torch.tensor([feats.shape[1]])))
                 need = len(tokens) + sum(a == b for a, b in zip(tokens, tokens[1:]))
+                frames = int(subsampling(torch.tensor([feats.shape[1]])))
                 if frames < need:
                     raise ConvformerError(f"{entry['audio_filepath']} is too short for its transcript ({frames} "
                                           f"encoder frames, {need} needed); drop it from the manifest")
+                if wave_augment is not None:  # the fastest speed-up that still leaves enough frames
+                    fastest = max(s for s in wave_augment.speeds + (1.0,)
+                                  if int(subsampling(torch.tensor([int(feats.shape[1] / s) - 1]))) >= need)
             self.texts.append(vocab.normalize(entry["text"]))
-            self.features.append(feats[0])
             self.tokens.append(torch.tensor(tokens, dtype=torch.long))
+            if wave_augment is None:
+                self.features.append(feats[0])
+            else:
+                self.waves.append(wave)
+                self.limits.append(limit)
+                self.fastest.append(fastest)
+                self.features.append(None)
 
     def __len__(self) -> int:
-        return len(self.features)
+        return len(self.tokens)
 
     def __getitem__(self, i):
         feats = self.features[i]
+        if feats is None:
+            wave = self.wave_augment(self.waves[i], self.fastest[i])
+            feats = self.frontend(wave, band_limit_hz=self.limits[i])[0][0]
         if self.augment is not None:
             feats = self.augment.train()(feats[None], torch.tensor([len(feats)]))[0]
         return feats, self.tokens[i], i
@@ -166,26 +200,30 @@ class SpeechRecognition(Task):
         self.decoder = pick_decoder(probe, cfg.decoder)
         if not 0.0 <= cfg.ctc_weight <= 1.0:
             raise ConvformerError(f"--ctc-weight must be within [0, 1], got {cfg.ctc_weight}")
-        self.ctc_weight = cfg.ctc_weight
+        self.ctc_weight = cfg.ctc_weight if probe.head is not None else 0.0  # a transducer has no CTC head
         # a multi-latency model validates at every context it was trained for, and is judged on their mean
         self.contexts = [tuple(c) for c in probe.cfg.att_context]
         per_context = [f"{m}_{left}_{right}" for left, right in self.contexts for m in ("cer", "wer")]
         self.val_metrics = ("cer", "wer", *per_context) if len(self.contexts) > 1 else ("cer", "wer")
+        mask = narrowband_masking(cfg.narrowband)
+        waves = wave_augment(cfg)
         train = Utterances(read_manifests(folder, cfg.train_manifest), self.vocab, frontend, subsample,
-                           SpecAugment() if cfg.spec_augment else None, progress, "train")
+                           SpecAugment() if cfg.spec_augment else None, progress, "train", waves, mask)
         val = Utterances(read_manifests(folder, cfg.val_manifest), self.vocab, frontend, subsample,
-                         None, progress, "validation")
+                         None, progress, "validation", mask_narrowband=mask)
         self.val_texts = val.texts
-        seconds = sum(len(f) for f in train.features) / 100
+        seconds = sum(len(f) if f is not None else len(w) // frontend.hop
+                      for f, w in zip(train.features, train.waves or train.features)) / 100
         if (train.narrowband or val.narrowband) and progress:
             from convformer.progress import write as progress_write
             progress_write(f"note: {train.narrowband} training and {val.narrowband} validation utterances were "
                            "recorded below 16 kHz; their mel bands above the recording's Nyquist frequency are "
-                           "masked (set to the normalised mean)")
+                           + ("masked (set to the normalised mean)" if mask else
+                              "kept (--narrowband mask sets them to the normalised mean)"))
         resolved = {"train_utterances": len(train), "val_utterances": len(val), "train_hours": seconds / 3600,
                     "narrowband_utterances": {"train": train.narrowband, "val": val.narrowband},
                     "data_folder": str(folder)}
-        meta = {"vocabulary": vocabulary_meta(self.vocab), "task": "speech"}
+        meta = {"vocabulary": vocabulary_meta(self.vocab), "task": "speech", "narrowband": cfg.narrowband}
         return TaskData(train, val, {"vocab_size": len(self.vocab)}, resolved, meta, collate=collate_utterances)
 
     def prepare(self, batch, cfg, device, seed_parts: tuple):
@@ -200,15 +238,18 @@ class SpeechRecognition(Task):
     def loss(self, output, labels):
         """CTC; for a hybrid, ``ctc_weight * ctc + (1 - ctc_weight) * rnnt`` (both per utterance, batch mean)."""
         log_probs, out_lengths = output[:2]
-        ctc = ctc_loss(log_probs, out_lengths, *labels, blank=self.blank)
+        ctc = ctc_loss(log_probs, out_lengths, *labels, blank=self.blank) if log_probs is not None else 0.0
         if len(output) == 2:
             return ctc
         targets, target_lengths = labels
         rnnt = rnnt_loss(output[2], targets.clamp(min=0), out_lengths, target_lengths, reduction="mean_batch")
-        return self.ctc_weight * ctc + (1 - self.ctc_weight) * rnnt
+        return self.ctc_weight * ctc + (1 - self.ctc_weight) * rnnt if self.ctc_weight else rnnt
 
     def statistic(self, output, refs) -> float:
-        """Per-utterance character error rate (%) of the greedy decoding, summed over the batch."""
+        """Per-utterance character error rate (%) of the CTC head's greedy decoding, summed over the batch
+        (NaN for a transducer, which has no CTC head: its training CER would cost a decoding per batch)."""
+        if output[0] is None:
+            return float("nan") * len(refs)
         hyps = greedy_decode(*output[:2], blank=self.blank)
         return sum(100.0 * edit_distance(r, h) / max(len(r), 1) for r, h in zip(refs, hyps))
 
@@ -279,6 +320,7 @@ def load_asr(weights: str, model_name: str | None = None, loaded: tuple | None =
     vocab = vocabulary_from_meta(meta["vocabulary"])
     model = create_model(name, vocab_size=len(vocab))
     load_weights(model, state, metadata=meta, source_name=weights)
+    model.narrowband = meta.get("narrowband", "keep")  # the front end it was trained with
     return model.eval(), vocab
 
 
@@ -299,6 +341,8 @@ def pick_decoder(model, decoder: str = "auto") -> str:
     chosen = ("rnnt" if hybrid else "ctc") if decoder == "auto" else decoder
     if chosen not in ("ctc", "rnnt") or (chosen == "rnnt" and not hybrid):
         raise ConvformerError(f"--decoder {decoder!r}: use ctc, auto, or rnnt with a hybrid model (conformer_hybrid_*)")
+    if chosen == "ctc" and model.head is None:
+        raise ConvformerError("--decoder ctc: this transducer has no CTC head; use rnnt (or auto)")
     return chosen
 
 

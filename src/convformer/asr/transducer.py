@@ -23,7 +23,9 @@ from convformer.errors import ConvformerError
 
 
 class PredictionNetwork(nn.Module):
-    """Embedding + LSTM over the emitted tokens (NeMo ``RNNTDecoder`` with ``blank_as_pad=True``)."""
+    """Embedding + LSTM over the emitted tokens (NeMo ``RNNTDecoder`` with ``blank_as_pad=True``). The start
+    step, and any blank fed in, enters the LSTM as a zero vector (NeMo's start-of-sequence), whatever the
+    embedding's blank row holds."""
 
     def __init__(self, vocab_size: int, hidden: int = 320, layers: int = 1, dropout: float = 0.0):
         super().__init__()
@@ -31,14 +33,17 @@ class PredictionNetwork(nn.Module):
         self.embedding = nn.Embedding(vocab_size + 1, hidden, padding_idx=vocab_size)
         self.lstm = nn.LSTM(hidden, hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
 
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.embedding(tokens) * (tokens != self.blank).unsqueeze(-1).to(self.embedding.weight.dtype)
+
     def forward(self, targets: torch.Tensor, state=None):
         """(B, U) token ids -> ((B, U + 1, H) outputs with the start (blank) step first, LSTM state)."""
         y = F.pad(targets, (1, 0), value=self.blank)
-        return self.lstm(self.embedding(y), state)
+        return self.lstm(self.embed(y), state)
 
     def step(self, tokens: torch.Tensor, state=None):
         """One step for (B,) tokens (the blank to start) -> ((B, H) output, new state)."""
-        out, state = self.lstm(self.embedding(tokens)[:, None], state)
+        out, state = self.lstm(self.embed(tokens)[:, None], state)
         return out[:, 0], state
 
 
