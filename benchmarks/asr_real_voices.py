@@ -48,6 +48,13 @@ ARMS = {
     "hybrid_ctc_head": {"model": "conformer_hybrid_xs", "decoder": "ctc"},
     "rnnt": {"model": "conformer_hybrid_xs", "ctc_weight": 0.0},
     "hybrid_speed_noise": {"model": "conformer_hybrid_xs", "speed_perturb": True, "noise": 0.5},
+    "transducer": {"model": "conformer_transducer_xs"},
+    # for the latency comparisons (benchmarks/asr_latency.py): single-latency and full-context models
+    "single_32_7": {"model_kwargs": {"att_context": [[32, 7]]}},
+    "single_32_3": {"model_kwargs": {"att_context": [[32, 3]]}},
+    "single_32_0": {"model_kwargs": {"att_context": [[32, 0]]}},
+    "full_context": {"model_kwargs": {"att_context": [[-1, -1]], "att_context_style": "regular", "causal_conv": False,
+                                      "causal_subsampling": False}},
 }
 
 
@@ -126,10 +133,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--limit", type=int, default=0, help="Use the first N recordings of each split (a quick run).")
+    parser.add_argument("--keep", default=None, help="Folder to keep the manifests and run folders (weights) in "
+                                                     "[default: a temporary folder, removed after].")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "asr_real_voices.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
-        report = run(args.arms, args.epochs, args.held_out, args.threads, Path(work), args.limit, args.seed)
+        report = run(args.arms, args.epochs, args.held_out, args.threads, Path(args.keep or work), args.limit,
+                     args.seed)
     out = Path(args.out)
     report = merge(json.loads(out.read_text()) if out.is_file() else None, report)
     atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))

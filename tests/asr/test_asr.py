@@ -93,9 +93,11 @@ def test_training_lowers_the_ctc_loss(tmp_path):
 
 
 def test_killed_run_resumes_to_bit_identical_weights(tmp_path, monkeypatch):
-    # SpecAugment and dropout draw random numbers every step; the crash comes one step after a checkpoint
+    # SpecAugment, speed perturbation, noise and dropout draw random numbers every step; the crash comes one
+    # step after a checkpoint
     data = small_corpus(tmp_path / "data", train=4, val=2)
-    common = dict(data=str(data), batch_size=2, epochs=2, checkpoint_every=1, threads=1, output=str(tmp_path))
+    common = dict(data=str(data), batch_size=2, epochs=2, checkpoint_every=1, threads=1, output=str(tmp_path),
+                  speed_perturb=True, noise=0.5)
     train(AsrTrainConfig(name="ref", **common), progress=False, log=lambda *_: None)
     with monkeypatch.context() as patch:
         crash_at(patch, SpeechRecognition, 3)
@@ -208,3 +210,15 @@ def test_eval_names_what_it_scored_and_refuses_a_manifest_outside_the_data_folde
     assert main(["asr", "eval", asr_run["weights"], "--manifest", "mine.jsonl"]) == 2
     err = capsys.readouterr().err
     assert "not in the data folder" in err and "--data" in err
+
+
+def test_model_kwargs_train_a_single_latency_model_that_reloads(tmp_path):
+    from convformer.asr.task import load_asr
+    data = small_corpus(tmp_path / "data", train=2, val=1)
+    train(AsrTrainConfig(data=str(data), model_kwargs={"att_context": [[32, 7]]}, epochs=1, batch_size=2, threads=1,
+                         output=str(tmp_path), name="single"), progress=False, log=lambda *_: None)
+    model, _ = load_asr(str(tmp_path / "single" / "best.safetensors"))
+    assert model.cfg.att_context == ((32, 7),)
+    with pytest.raises(ConvformerError, match="model_kwargs may not set"):
+        train(AsrTrainConfig(data=str(data), model_kwargs={"vocab_size": 5}, epochs=1, threads=1,
+                             output=str(tmp_path), name="bad"), progress=False, log=lambda *_: None)

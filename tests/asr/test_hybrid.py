@@ -128,3 +128,59 @@ def test_rnnt_decoder_on_a_ctc_model_is_a_one_line_error(tmp_path, capsys):
                                       metadata={"vocabulary": '{"chars": " abcdefghijklmnopqrstuvwxyz\'"}'})
     assert main(["asr", "transcribe", "x.wav", "--weights", str(weights), "--decoder", "rnnt"]) == 2
     assert "--decoder" in capsys.readouterr().err
+
+
+def _small_hybrid(name="conformer_hybrid_xs", shift=2.0, seed=0):
+    """A small hybrid with random weights whose blank bias is raised so that some frames emit and some not."""
+    torch.manual_seed(seed)
+    model = convformer.create_model(name, n_layers=2, d_model=32, pred_hidden=24, joint_hidden=20).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, 0, 0.3)
+    with torch.no_grad():
+        model.joint.net[2].bias[-1] += shift
+    return model
+
+
+def test_static_greedy_chunk_equals_the_greedy_decoder_across_ragged_chunks():
+    from convformer.asr.transducer import GreedyTransducerDecoder, greedy_chunk_static
+    from convformer.asr.stream_onnx import initial_decoder_state
+    model = _small_hybrid()
+    frames = torch.randn(3, 12, 32)
+    valid = torch.arange(12)[None] < torch.tensor([12, 7, 0])[:, None]   # one stream ends early, one never starts
+    reference = GreedyTransducerDecoder(model.prediction, model.joint, 3, max_symbols=4)
+    g, h, c = initial_decoder_state(model, 3)
+    got = [[], [], []]
+    with torch.no_grad():
+        for start in (0, 5, 9):                                           # chunks of 5, 4 and 3 frames
+            part = slice(start, {0: 5, 5: 9, 9: 12}[start])
+            reference.feed(frames[:, part], valid[:, part])
+            tokens, g, h, c = greedy_chunk_static(model.prediction, model.joint, frames[:, part], valid[:, part],
+                                                  g, h, c, max_symbols=4)
+            for row, t in zip(got, tokens.tolist()):
+                row += [x for x in t if x >= 0]
+    assert got == reference.tokens and len(got[0]) > 0 and got[2] == []
+
+
+@pytest.mark.parametrize("name", ["conformer_hybrid_xs", "conformer_transducer_xs"])
+def test_onnx_streaming_step_carries_the_rnnt_decoder(tmp_path, name, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from convformer.asr import stream_onnx
+    from convformer.asr.transducer import GreedyTransducerDecoder
+    model = _small_hybrid(name, shift=0.5)
+    result = stream_onnx.export_stream_step(model, tmp_path / "step.onnx", decoder="auto", max_symbols=3)
+    assert result["decoder"] == "rnnt" and result["max_abs_diff"] < 1e-4 and (tmp_path / "step.onnx").is_file()
+    assert 0 < result["tokens_checked"] < 2 * 3 * 24   # some frames emit, not every try of every frame
+    # a graph whose tokens differ from PyTorch's decoder must be caught (and nothing written)
+    real_feed = GreedyTransducerDecoder.feed
+
+    def one_more(self, frames, lengths=None):
+        new = real_feed(self, frames, lengths)
+        self.tokens[0].append(0)
+        return new
+    monkeypatch.setattr(GreedyTransducerDecoder, "feed", one_more)
+    with pytest.raises(ConvformerError, match="differs from PyTorch"):
+        stream_onnx.export_stream_step(model, tmp_path / "bad.onnx", decoder="rnnt", max_symbols=3)
+    assert not (tmp_path / "bad.onnx").exists()
+    if name == "conformer_transducer_xs":
+        with pytest.raises(ConvformerError, match="no CTC head"):
+            stream_onnx.export_stream_step(model, tmp_path / "ctc.onnx", decoder="ctc")

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import convformer
+
 from convformer.asr.config import AsrTrainConfig
 from convformer.asr.data import FrontendConfig, LogMelFrontend, band_limit, load_audio
 from convformer.asr.fsdd import fsdd_manifests
@@ -141,3 +143,39 @@ def test_augmented_items_are_drawn_afresh_and_repeatably(tmp_path):
     assert torch.equal(a, train_set[0][0])
     assert not torch.equal(a, train_set[0][0])
     assert not built.val.waves and built.val.features[0] is not None  # validation is never augmented
+
+
+def test_buffered_streaming_equals_offline_only_with_the_whole_utterance_in_view():
+    from convformer.asr.streaming import BufferedStreaming
+    torch.manual_seed(0)
+    model = convformer.create_model("conformer_ctc_xs", n_layers=2, att_context=[[-1, -1]], att_context_style="regular",
+                                    causal_conv=False, causal_subsampling=False).eval()
+    feats = torch.randn(203, 80)
+    with torch.no_grad():
+        offline, _ = model.encoder(feats[None])
+        whole = BufferedStreaming(model.encoder, chunk=32, left=400, right=400).run(feats)
+        short = BufferedStreaming(model.encoder, chunk=32, left=32, right=0).run(feats)
+    assert whole.shape == offline.shape == short.shape
+    assert torch.allclose(whole, offline, atol=1e-5)
+    assert not torch.allclose(short, offline, atol=1e-2)   # a truncated window changes the frames
+    with pytest.raises(ConvformerError, match="multiples of the subsampling factor"):
+        BufferedStreaming(model.encoder, chunk=30, left=32)
+
+
+@needs_fsdd
+def test_latency_benchmark_runs_on_tiny_models(tmp_path):
+    from conftest import load_benchmark
+    voices, latency = load_benchmark("asr_real_voices"), load_benchmark("asr_latency")
+    voices.run(["ctc", "full_context", "single_32_7", "single_32_3", "single_32_0"], epochs=1, held_out="theo",
+               threads=1, work=tmp_path, limit=2)
+    report = latency.run(tmp_path, tmp_path / "manifests" / "heldout.jsonl", threads=1, timing_limit=1,
+                         heldout_limit=2)
+    rows = report["results"]
+    assert len(rows) == 1 + 3 * 4 and rows[0]["setting"] == "offline"
+    assert {r["system"] for r in rows[1:]} == {"cache-aware, multi-latency model", "cache-aware, single-latency model",
+                                               "buffered full-context model",
+                                               "buffered full-context model, +320 ms look-ahead",
+                                               "buffered full-context model, +160 ms look-ahead",
+                                               "buffered full-context model, +40 ms look-ahead"}
+    assert all(r["utterances"] == 2 and r["compute_s_per_audio_s"] > 0 for r in rows)
+    assert "| [32,0] | buffered full-context model | 40 | 40 |" in latency.markdown(report)

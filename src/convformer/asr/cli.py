@@ -67,11 +67,14 @@ def train_cmd(
     device: options.Device = None,
     output: options.Output = None,
     name: options.Name = None,
+    model_kwargs: Optional[str] = typer.Option(None, help='More model options as JSON, e.g. '
+                                               '\'{"att_context": [[32, 7]]}\' for a single-latency model.'),
     config: options.Config = None,
     quiet: options.Quiet = False,
 ):
     """Train a CTC Conformer (SpecAugment, AdamW, cosine); run folder, resume and DDP as `convformer train`."""
     flags = {k: v for k, v in locals().items() if k not in ("config", "quiet")}
+    flags["model_kwargs"] = options.json_mapping("--model-kwargs", model_kwargs)
     cfg, result = options.run_training_command(AsrTrainConfig, config, flags, quiet)
     if not result["main"] or result.get("val_cer") is None:
         return
@@ -94,7 +97,8 @@ def _streamer(net, context: Optional[str]):
 
 @app.command("eval")
 def eval_cmd(
-    weights: str = typer.Argument(..., help="Weight file from `asr train` (or a NeMo .nemo with characters)."),
+    weights: Optional[str] = typer.Argument(None, help="Weight file from `asr train` (or a NeMo .nemo with "
+                                                       "characters) [default: the shipped model]."),
     model: Optional[str] = typer.Option(None, help="Model name, if the file does not say."),
     data: str = typer.Option("bundled", help="'bundled' or a folder with the manifest."),
     manifest: str = typer.Option("test.jsonl", help="Manifest to score, inside the data folder."),
@@ -113,7 +117,7 @@ def eval_cmd(
                                      read_manifest, resolve_data, stream_chunk)
     from convformer.asr.ctc import error_rates
     from convformer.fileio import atomic_write
-    net, vocab = load_asr(weights, model)
+    weights, net, vocab = _load(weights, model)
     pick_decoder(net, decoder)  # a wrong --decoder is an error before any audio is read
     streamer = _streamer(net, context) if stream or context else None
     chunk = stream_chunk(streamer, chunk_ms) if stream else 0
@@ -150,10 +154,24 @@ def eval_cmd(
         typer.echo(f"wrote {output}")
 
 
+def _load(weights: Optional[str], model: Optional[str]):
+    """(weights path, model, vocabulary); without --weights the shipped model, said so once."""
+    from convformer.asr.task import load_asr
+    if weights is None:
+        from convformer.asr.pretrained import shipped_card, shipped_weights
+        weights = shipped_weights()
+        card = shipped_card()
+        measured = card.get("summary", "")
+        typer.echo(f"using the shipped model {Path(weights).stem}" + (f" ({measured})" if measured else ""), err=True)
+    return (weights, *load_asr(weights, model))
+
+
 @app.command("transcribe")
 def transcribe_cmd(
     audio: list[str] = typer.Argument(..., help="WAV/FLAC files (any sample rate; resampled to 16 kHz)."),
-    weights: str = typer.Option(..., help="Weight file from `asr train` (or a NeMo .nemo with characters)."),
+    weights: Optional[str] = typer.Option(None, help="Weight file from `asr train` (or a NeMo .nemo with "
+                                                     "characters) [default: the shipped model, conformer_hybrid_xs "
+                                                     "trained on the bundled synthetic voices]."),
     model: Optional[str] = typer.Option(None, help="Model name, if the file does not say."),
     stream: bool = typer.Option(False, "--stream", help="Feed the encoder chunk by chunk, printing partial "
                                                         "hypotheses as they arrive."),
@@ -165,7 +183,7 @@ def transcribe_cmd(
     """Print the transcript of each file (with --stream: partial hypotheses, latency and real-time factor)."""
     from convformer.asr.data import FrontendConfig, LogMelFrontend, band_limit, load_audio
     from convformer.asr.task import decode_batch, load_asr, pick_decoder, stream_chunk, transcribe_stream
-    net, vocab = load_asr(weights, model)
+    weights, net, vocab = _load(weights, model)
     pick_decoder(net, decoder)
     frontend = LogMelFrontend(FrontendConfig()).eval()
     streamer = _streamer(net, context) if stream or context else None

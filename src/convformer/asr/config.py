@@ -21,6 +21,7 @@ class AsrTrainConfig(EngineOptions):
     gain_db: float = 0.0                 # random gain of up to this many dB either way (volume perturbation)
     narrowband: str = "keep"             # audio recorded below 16 kHz: "keep" its empty upper mel bands or "mask" them
     ctc_weight: float = 0.3              # hybrid CTC/RNN-T models: loss = w * ctc + (1 - w) * rnnt
+    model_kwargs: Optional[dict] = None  # more model options, e.g. {"att_context": [[32, 7]]} (a single-latency model)
     decoder: str = "auto"                # head that decodes in validation: "ctc", "rnnt" (hybrids), auto: rnnt if any
     epochs: int = 40
     batch_size: int = 16

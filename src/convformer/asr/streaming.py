@@ -213,3 +213,36 @@ class StreamingConformer(nn.Module):
             out[i, :out_len[i]] = y[i][valid[i]]
         return out, out_len
 
+
+
+class BufferedStreaming:
+    """Buffered streaming of any encoder, cache-aware or not (NeMo's buffered inference, the baseline the
+    cache-aware paper compares against): every step runs the whole encoder over a window of up to ``left``
+    past feature frames, the ``chunk`` new ones and ``right`` future ones (the look-ahead), and keeps the
+    encoder frames of the chunk. Nothing is cached, so each step recomputes its left context: compute per
+    second of audio grows with (left + chunk + right) / chunk, and frames near a window's edges differ from
+    the offline forward's. One utterance at a time (windows of different utterances would not align)."""
+
+    def __init__(self, encoder: ConformerEncoder, chunk: int, left: int, right: int = 0):
+        factor = encoder.cfg.subsampling_factor
+        if chunk <= 0 or chunk % factor or left % factor or right % factor or left < 0 or right < 0:
+            raise ConvformerError(f"buffered streaming needs a positive chunk and non-negative contexts in multiples "
+                                  f"of the subsampling factor {factor} feature frames; got {chunk}, {left}, {right}")
+        self.encoder, self.chunk, self.left, self.right, self.factor = encoder, chunk, left, right, factor
+
+    @torch.no_grad()
+    def steps(self, features: torch.Tensor):
+        """Stream one utterance's features (T, feat_in). Yields each step's encoder frames (1, n, out_dim)."""
+        total = features.shape[0]
+        frames = int(self.encoder.subsampling.output_length(torch.tensor([total])))
+        for start in range(0, total, self.chunk):
+            first = max(0, start - self.left)
+            window = features[first:min(total, start + self.chunk + self.right)]
+            enc, _ = self.encoder(window[None])
+            offset = (start - first) // self.factor
+            keep = min(self.chunk // self.factor, frames - start // self.factor)
+            yield enc[:, offset:offset + keep]
+
+    def run(self, features: torch.Tensor) -> torch.Tensor:
+        """The encoder frames of a whole utterance (1, T', out_dim), streamed."""
+        return torch.cat(list(self.steps(features)), dim=1)

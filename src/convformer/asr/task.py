@@ -22,7 +22,7 @@ from convformer.asr.data import (CharVocabulary, FrontendConfig, LogMelFrontend,
 from convformer.errors import ConvformerError
 from convformer.asr.transducer import GreedyTransducerDecoder, rnnt_loss
 from convformer.asr.ctc import StreamingGreedyDecoder, edit_distance, error_rates, greedy_decode
-from convformer.engine.tasks import Task, TaskData
+from convformer.engine.tasks import Task, TaskData, model_options
 
 BUNDLED = Path(__file__).resolve().parents[3] / "data" / "speech"
 
@@ -194,7 +194,8 @@ class SpeechRecognition(Task):
         self.vocab = build_vocabulary(cfg.vocab)
         self.blank = len(self.vocab)
         frontend = LogMelFrontend(FrontendConfig()).eval()
-        probe = create_model(cfg.model, vocab_size=len(self.vocab))
+        extra = model_options(cfg, {"vocab_size": len(self.vocab)})
+        probe = create_model(cfg.model, vocab_size=len(self.vocab), **extra)
         subsample = probe.encoder.subsampling.output_length
         self.hybrid = hasattr(probe, "joint")  # a CTC/RNN-T hybrid (convformer.asr.hybrid)
         self.decoder = pick_decoder(probe, cfg.decoder)
@@ -224,7 +225,10 @@ class SpeechRecognition(Task):
                     "narrowband_utterances": {"train": train.narrowband, "val": val.narrowband},
                     "data_folder": str(folder)}
         meta = {"vocabulary": vocabulary_meta(self.vocab), "task": "speech", "narrowband": cfg.narrowband}
-        return TaskData(train, val, {"vocab_size": len(self.vocab)}, resolved, meta, collate=collate_utterances)
+        if extra:  # so that eval/transcribe/export rebuild the same network from the weight file
+            meta["model_kwargs"] = json.dumps(extra)
+        return TaskData(train, val, {"vocab_size": len(self.vocab), **extra}, resolved, meta,
+                        collate=collate_utterances)
 
     def prepare(self, batch, cfg, device, seed_parts: tuple):
         feats, lengths, labels, label_lengths, _ = batch
@@ -318,7 +322,7 @@ def load_asr(weights: str, model_name: str | None = None, loaded: tuple | None =
     if "vocabulary" not in meta:
         raise ConvformerError(f"{weights} does not record its vocabulary (not saved by `convformer asr train`)")
     vocab = vocabulary_from_meta(meta["vocabulary"])
-    model = create_model(name, vocab_size=len(vocab))
+    model = create_model(name, vocab_size=len(vocab), **json.loads(meta.get("model_kwargs", "{}")))
     load_weights(model, state, metadata=meta, source_name=weights)
     model.narrowband = meta.get("narrowband", "keep")  # the front end it was trained with
     return model.eval(), vocab

@@ -187,3 +187,28 @@ def greedy_transducer_decode(prediction: PredictionNetwork, joint: JointNetwork,
     decoder = GreedyTransducerDecoder(prediction, joint, frames.shape[0], max_symbols)
     decoder.feed(frames, lengths)
     return decoder.tokens
+
+
+def greedy_chunk_static(prediction: PredictionNetwork, joint: JointNetwork, frames: torch.Tensor, valid: torch.Tensor,
+                        g: torch.Tensor, h: torch.Tensor, c: torch.Tensor, max_symbols: int = 10):
+    """The greedy decoder of :class:`GreedyTransducerDecoder` over one chunk, with a fixed amount of work: every
+    frame tries ``max_symbols`` emissions, masked where the blank already won, so the loop has no data-dependent
+    exit and traces into a static graph (the ONNX streaming step). (B, T, E) frames, (B, T) valid mask, the
+    prediction network's last output ``g`` (B, P) and LSTM state ``h``, ``c`` (layers, B, P). Returns the
+    (B, T * max_symbols) tokens, -1 where nothing was emitted, and the new ``g``, ``h``, ``c``. Costs T x
+    max_symbols joint and LSTM steps per chunk, whatever is emitted."""
+    blank = prediction.blank
+    emitted = []
+    for t in range(frames.shape[1]):
+        active = valid[:, t]
+        for _ in range(max_symbols):
+            best = joint.step(frames[:, t], g).argmax(-1)
+            emit = active & (best != blank)
+            g_new, (h_new, c_new) = prediction.step(torch.where(emit, best, torch.zeros_like(best)), (h, c))
+            g = torch.where(emit[:, None], g_new, g)
+            h = torch.where(emit[None, :, None], h_new, h)
+            c = torch.where(emit[None, :, None], c_new, c)
+            emitted.append(torch.where(emit, best, torch.full_like(best, -1)))
+            active = emit
+    tokens = torch.stack(emitted, dim=1) if emitted else frames.new_zeros(frames.shape[0], 0, dtype=torch.long)
+    return tokens, g, h, c

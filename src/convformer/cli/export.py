@@ -35,6 +35,9 @@ def export(
     fast: bool = typer.Option(False, "--fast", help="Export the folded inference model (convformer.optimize)."),
     chunk_ms: Optional[float] = typer.Option(None, help="Speech models: the streaming step's chunk in ms "
                                                         "[default: the model's smallest]."),
+    decoder: str = typer.Option("auto", help="Speech models: the head in the step graph: ctc, rnnt (hybrids and "
+                                             "transducers: the greedy decoder and its state in the graph) or "
+                                             "auto (rnnt where there is one)."),
 ):
     """Export to ONNX and check onnxruntime's outputs against PyTorch's."""
     from convformer.weights import read_state_dict
@@ -48,9 +51,10 @@ def export(
         from convformer.asr.streaming import StreamingConformer
         net = load_asr(weights, model, loaded)[0] if weights else create_model(model).eval()
         chunk = stream_chunk(StreamingConformer(net.encoder), chunk_ms)
-        result = export_stream_step(net, output, chunk, opset=opset, atol=atol)
+        result = export_stream_step(net, output, chunk, opset=opset, atol=atol, decoder=decoder)
+        heads = "RNN-T tokens + decoder state" if result["decoder"] == "rnnt" else "log-probs"
         typer.echo(f"wrote {result['path']} (opset {opset}, streaming step of {result['chunk_ms']} ms: features "
-                   f"(batch, {chunk}, {net.cfg.feat_in}) + caches in, frames + log-probs + caches out); max "
+                   f"(batch, {chunk}, {net.cfg.feat_in}) + caches in, frames + {heads} + caches out); max "
                    f"|onnxruntime - PyTorch| over a streamed utterance = {result['max_abs_diff']:.2e}")
         return
     if task == "pose":

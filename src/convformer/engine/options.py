@@ -5,9 +5,12 @@ Each alias is an ``Annotated`` type for a typer parameter; ``None`` defaults mea
 """
 from __future__ import annotations
 
+import json
 from typing import Annotated, Optional
 
 import typer
+
+from convformer.errors import ConvformerError
 
 AccumSteps = Annotated[Optional[int], typer.Option(help="Gradient accumulation micro-batches [default: 1].")]
 MinLr = Annotated[Optional[float], typer.Option(help="Final learning rate of the cosine [default: 1e-5].")]
@@ -45,3 +48,16 @@ def uses_config(config_cls):
         fn.config_class = config_cls
         return fn
     return mark
+
+
+def json_mapping(flag: str, text: Optional[str]) -> Optional[dict]:
+    """Parse a flag's JSON object (None when the flag is not given)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConvformerError(f"{flag} is not valid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise ConvformerError(f"{flag} must be a JSON object of option: value, got {text!r}")
+    return value

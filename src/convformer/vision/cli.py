@@ -84,7 +84,7 @@ def train(
 ):
     """Train a classifier; writes config, metrics, curves and checkpoints to a run folder."""
     flags = {k: v for k, v in locals().items() if k not in ("config", "quiet")}
-    flags["model_kwargs"] = _json_mapping("--model-kwargs", model_kwargs)
+    flags["model_kwargs"] = options.json_mapping("--model-kwargs", model_kwargs)
     cfg, result = options.run_training_command(TrainConfig, config, flags, quiet)
     if result.get("val_top1") is None or not result["main"]:
         return
@@ -93,19 +93,6 @@ def train(
                f"(best {result['best_top1']:.2f}%, top-5 {result['val_top5']:.2f}%{ema}, "
                f"{result['val_count']} images) after {result['epochs']} epochs in {result['seconds']:.0f}s")
     typer.echo(f"run folder: {result['folder']}")
-
-
-def _json_mapping(flag: str, text: Optional[str]) -> Optional[dict]:
-    """Parse a flag's JSON object (None when the flag is not given)."""
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ConvformerError(f"{flag} is not valid JSON: {err}") from err
-    if not isinstance(value, dict):
-        raise ConvformerError(f"{flag} must be a JSON object of option: value, got {text!r}")
-    return value
 
 
 @app.command("eval")
