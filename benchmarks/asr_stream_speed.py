@@ -1,7 +1,14 @@
 """Streaming Conformer speed: cache-based streaming against buffered streaming, interleaved, on this CPU.
 
-    python benchmarks/asr_stream_speed.py [--models conformer_ctc_xs fastconformer_ctc_s] [--seconds 10]
-                                          [--chunks 1 4] [--repeats 3] [--threads 2] [--nemo]
+    python benchmarks/asr_stream_speed.py [--models conformer_ctc_xs fastconformer_ctc_s conformer_hybrid_xs]
+                                          [--seconds 10] [--chunks 1 4] [--repeats 3] [--threads 2] [--nemo]
+
+Hybrid and transducer models add the decoders to the step: ``cache+ctc`` (the CTC head and its greedy
+decoder) and ``cache+rnnt`` (the RNN-T greedy decoder, its state carried across steps), and with ``--nemo``
+``nemo+rnnt``: NeMo's ``conformer_stream_step`` with its own greedy decoding carried across steps, whose
+tokens must equal ours. ``conformer_hybrid_xs`` runs the shipped weights (asr/pretrained) when they exist,
+and every model hears real speech (the bundled test sentences, end to end), so the decoders emit what
+they would live; other models have random weights.
 
 Cache-based: ``StreamingConformer.step`` computes each chunk once, reusing the caches. Buffered: every
 step re-runs the offline encoder over all the audio its outputs can depend on (the receptive field, capped
@@ -57,14 +64,64 @@ def time_streams(stream: StreamingConformer, feats: torch.Tensor, chunk: int):
     return cached_t, buffered_t, diff
 
 
+def speech_features(seconds: float) -> torch.Tensor:
+    """(1, frames, 80) log-mels of the bundled test sentences, one after another, cut to ``seconds``."""
+    from convformer.asr.data import CharVocabulary, FrontendConfig, LogMelFrontend
+    from convformer.asr.task import BUNDLED, Utterances, read_manifest
+    entries = read_manifest(BUNDLED / "test.jsonl")
+    need, picked = int(seconds * 100), []
+    while sum(e.get("duration", 1.0) for e in picked) * 100 < need + 100:
+        picked.append(entries[len(picked) % len(entries)])
+    utts = Utterances(picked, CharVocabulary(), LogMelFrontend(FrontendConfig()).eval())
+    return torch.cat(utts.features)[None, :need]
+
+
+def load_model(name: str):
+    """The shipped weights for conformer_hybrid_xs where they exist, random weights otherwise."""
+    from convformer.asr.pretrained import SHIPPED
+    if name == "conformer_hybrid_xs" and SHIPPED.is_file():
+        from convformer.asr.task import load_asr
+        return load_asr(str(SHIPPED))[0].eval(), "shipped"
+    return convformer.create_model(name).eval(), "random"
+
+
+def time_decoders(model, stream: StreamingConformer, feats: torch.Tensor, chunk: int):
+    """Per-step seconds of the cache-aware step plus each decoder the model has, and the RNN-T tokens."""
+    from convformer.asr.ctc import StreamingGreedyDecoder
+    from convformer.asr.transducer import GreedyTransducerDecoder
+    out = {}
+    heads = (["ctc"] if model.head is not None else []) + ["rnnt"]
+    for head in heads:
+        decoder = GreedyTransducerDecoder(model.prediction, model.joint, 1) if head == "rnnt" else \
+            StreamingGreedyDecoder(1, model.blank)
+        times, state, total = [], stream.initial_state(1), feats.shape[1]
+        with torch.no_grad():
+            for start in range(0, total, chunk):
+                piece = feats[:, start:start + chunk]
+                n = torch.tensor([piece.shape[1]])
+                if piece.shape[1] < chunk:
+                    piece = torch.cat([piece, piece.new_zeros(1, chunk - piece.shape[1], piece.shape[2])], 1)
+                t0 = time.perf_counter()
+                frames, valid, state = stream.step(piece, state, n)
+                if head == "rnnt":
+                    decoder.feed(frames, valid)
+                else:
+                    decoder.push(torch.log_softmax(model.head(frames), dim=-1), valid)
+                times.append(time.perf_counter() - t0)
+        out[head] = (times, decoder.tokens[0])
+    return out
+
+
 def run(models, seconds: float, chunks, repeats: int, threads: int | None, nemo: bool = False) -> dict:
     if threads:
         torch.set_num_threads(threads)
     rows = []
+    speech = None
     for name in models:
-        model = convformer.create_model(name).eval()
+        model, weights = load_model(name)
         stream = StreamingConformer(model.encoder)
-        feats = torch.randn(1, int(seconds * 100), model.cfg.feat_in)
+        speech = speech_features(seconds) if speech is None else speech
+        feats = speech[:, :, :model.cfg.feat_in]
         with torch.no_grad():
             offline, _ = model.encoder(feats)
             streamed, _ = stream.run(feats, None, stream.min_chunk())
@@ -79,6 +136,20 @@ def run(models, seconds: float, chunks, repeats: int, threads: int | None, nemo:
                     best = (cached, buffered)
             audio_s = len(best[0]) * chunk / 100
             modes = [("cache", best[0]), ("buffered", best[1])]
+            tokens = {}
+            if hasattr(model, "joint"):
+                decoded = min((time_decoders(model, stream, feats, chunk) for _ in range(repeats)),
+                              key=lambda d: sum(sum(t) for t, _ in d.values()))
+                modes += [(f"cache+{head}", times) for head, (times, _) in decoded.items()]
+                tokens = {head: toks for head, (_, toks) in decoded.items()}
+                if nemo and mult == 1:
+                    from convformer.asr.data import CharVocabulary
+                    from convformer.asr.nemo_reference import build_nemo_model, nemo_transducer_stream
+                    peer = build_nemo_model(model, CharVocabulary().symbols)
+                    runs = [nemo_transducer_stream(peer, feats.transpose(1, 2)) for _ in range(repeats)]
+                    nemo_tokens, nemo_times = min(runs, key=lambda r: sum(r[1]))
+                    modes.append(("nemo+rnnt", nemo_times))
+                    tokens["nemo+rnnt"] = nemo_tokens
             if nemo and mult == 1:
                 from convformer.asr.nemo_reference import build_nemo_encoder, nemo_cache_aware_stream
                 peer = build_nemo_encoder(model)
@@ -90,8 +161,17 @@ def run(models, seconds: float, chunks, repeats: int, threads: int | None, nemo:
                 nemo_diff = (out[:, :n] - offline[:, :n]).abs().max().item()
                 modes.append(("nemo", min(runs, key=sum)))
             for mode, times in modes:
-                rows.append(dict(model=name, mode=mode, chunk_ms=chunk * 10, steps=len(times),
-                                 rtf=sum(times) / (total_s if mode == "nemo" else audio_s),
+                same, count = None, None
+                if mode == "cache+rnnt":   # streamed RNN-T tokens against offline decoding
+                    count = len(tokens["rnnt"])
+                    same = tokens["rnnt"] == model.transducer_decode(feats)[0]
+                elif mode == "nemo+rnnt":  # NeMo's streamed tokens against ours
+                    count, same = len(tokens["nemo+rnnt"]), tokens["nemo+rnnt"] == tokens["rnnt"]
+                elif mode == "cache+ctc":
+                    count = len(tokens["ctc"])
+                rows.append(dict(model=name, weights=weights, mode=mode, chunk_ms=chunk * 10, steps=len(times),
+                                 tokens=count, same_tokens=same,
+                                 rtf=sum(times) / (total_s if mode.startswith(("nemo", "cache+")) else audio_s),
                                  mean_ms=1000 * sum(times) / len(times),
                                  worst_ms=1000 * max(times), parity_streaming_vs_offline=parity,
                                  diff_vs_ours=nemo_diff if mode == "nemo" else buffered_diff,
@@ -100,12 +180,17 @@ def run(models, seconds: float, chunks, repeats: int, threads: int | None, nemo:
 
 
 def table(report: dict) -> str:
-    lines = ["| model | mode | chunk ms | look-ahead ms | RTF | mean ms/chunk | worst ms | stream vs offline | "
-             "vs ours (buffered: vs cache; nemo: vs offline) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | weights | mode | chunk ms | look-ahead ms | RTF | mean ms/chunk | worst ms | stream vs offline | "
+             "vs ours (buffered: vs cache; nemo: vs offline) | tokens (cache+rnnt: same as offline; nemo: same as ours) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["results"]:
-        lines.append(f"| {r['model']} | {r['mode']} | {r['chunk_ms']} | {r['lookahead_ms']:.0f} | {r['rtf']:.3f} | "
-                     f"{r['mean_ms']:.1f} | {r['worst_ms']:.1f} | {r['parity_streaming_vs_offline']:.1e} | "
-                     f"{r['diff_vs_ours']:.1e} |")
+        diff = "" if r["diff_vs_ours"] is None or r["mode"].endswith("rnnt") or r["mode"] == "cache+ctc" \
+            else f"{r['diff_vs_ours']:.1e}"
+        toks = "" if r.get("tokens") is None else f"{r['tokens']}" + (
+            "" if r.get("same_tokens") is None else f" ({'yes' if r['same_tokens'] else 'NO'})")
+        lines.append(f"| {r['model']} | {r.get('weights', 'random')} | {r['mode']} | {r['chunk_ms']} | "
+                     f"{r['lookahead_ms']:.0f} | {r['rtf']:.3f} | {r['mean_ms']:.1f} | {r['worst_ms']:.1f} | "
+                     f"{r['parity_streaming_vs_offline']:.1e} | {diff} | {toks} |")
     return "\n".join(lines)
 
 

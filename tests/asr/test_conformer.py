@@ -203,6 +203,17 @@ def test_stream_speed_benchmark_runs_and_checks_parity(tmp_path):
     assert (tmp_path / "speed.md").read_text().startswith("| model |")
 
 
+def test_stream_speed_benchmark_times_the_transducer_decoder(tmp_path):
+    import json
+    bench = load_benchmark("asr_stream_speed")
+    out = tmp_path / "speed.json"
+    bench.main(["--models", "conformer_transducer_xs", "--seconds", "1.3", "--chunks", "1", "--repeats", "1",
+                "--output", str(out)])
+    rows = {r["mode"]: r for r in json.loads(out.read_text())["results"]}
+    assert list(rows) == ["cache", "buffered", "cache+rnnt"]   # a transducer has no CTC head
+    assert rows["cache+rnnt"]["same_tokens"] is True and rows["cache+rnnt"]["steps"] == 5  # + the last 2 frames
+
+
 @pytest.mark.parametrize("argv,says", [
     (["train", "--model", "conformer_ctc_xs", "--epochs", "1"], "speech model; train it with"),
     (["export", "--model", "conformer_ctc_xs", "never.onnx", "--chunk-ms", "100"], "multiple of 320 ms"),
