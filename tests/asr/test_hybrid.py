@@ -121,6 +121,16 @@ def test_transcribe_streams_the_rnnt_head_to_the_offline_transcript(hybrid_run, 
     assert final.split("final: ", 1)[1] == offline
 
 
+def test_export_cli_puts_the_rnnt_decoder_in_the_step_graph(hybrid_run, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from convformer.cli import main
+    assert main(["export", str(tmp_path / "step.onnx"), "--weights", hybrid_run["weights"]]) == 0
+    said = capsys.readouterr().out
+    assert "RNN-T tokens + decoder state" in said and (tmp_path / "step.onnx").is_file()
+    assert main(["export", str(tmp_path / "ctc.onnx"), "--weights", hybrid_run["weights"], "--decoder", "ctc"]) == 0
+    assert "log-probs" in capsys.readouterr().out
+
+
 def test_rnnt_decoder_on_a_ctc_model_is_a_one_line_error(tmp_path, capsys):
     from convformer.cli import main
     model = convformer.create_model("conformer_ctc_xs")
