@@ -67,6 +67,8 @@ def build_hybrid(base: ConformerConfig, width: int, ctc_head: bool = True, **kwa
 
 # ---- registry --------------------------------------------------------------------------------------------
 from convformer.asr.conformer import _SIZES, _speech_card  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
 from convformer.registry import register_model  # noqa: E402
 
 _HYBRIDS = {
@@ -80,6 +82,10 @@ for _name, (_encoder, _width, _params, _macs) in _HYBRIDS.items():
                          f"prediction network (embedding + 1-layer LSTM, {_width}) and joint network ({_width}, "
                          "ReLU); trained with 0.3 CTC + 0.7 RNN-T. MACs: the encoder and CTC head (the "
                          "transducer's cost depends on the tokens decoded).")
+    if _name == "conformer_hybrid_xs":
+        _card = replace(_card, notes=_card.notes + ("Shipped weights (asr/pretrained/conformer_hybrid_xs_espeak.safetensors, trained "
+                                     "on the bundled synthetic voices; its card is the JSON beside it): "
+                                     "`convformer asr transcribe FILE` uses them without --weights.",))
     register_model(_card, lambda c=_cfg, w=_width, **kw: build_hybrid(c, w, **kw))
 
 # the transducer alone: the hybrid's encoder and RNN-T head without the CTC head
