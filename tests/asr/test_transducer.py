@@ -114,3 +114,20 @@ def test_greedy_decode_follows_the_joint_argmax_frame_by_frame():
                 g, state = pred.step(torch.tensor([k]), state)
     assert greedy_transducer_decode(pred, joint, frames) == [tokens]
     assert math.isfinite(len(tokens))
+
+
+def test_streams_at_different_positions_share_a_decoder_batch():
+    """A stream that joins two chunks late, and one that ends early, decode in one batch exactly as alone."""
+    pred, joint = _parts(seed=1)
+    a, b = torch.randn(1, 16, 8), torch.randn(1, 10, 8)
+    alone = [greedy_transducer_decode(pred, joint, a)[0], greedy_transducer_decode(pred, joint, b)[0]]
+    assert all(alone)
+    chunk, late = 4, 8                       # b's first frame arrives with a's ninth
+    frames = torch.zeros(2, 20, 8)
+    frames[0, :16], frames[1, late:late + 10] = a[0], b[0]
+    valid = torch.zeros(2, 20, dtype=torch.bool)
+    valid[0, :16], valid[1, late:late + 10] = True, True
+    shared = GreedyTransducerDecoder(pred, joint, 2)
+    for start in range(0, 20, chunk):
+        shared.feed(frames[:, start:start + chunk], valid[:, start:start + chunk])
+    assert shared.tokens == alone

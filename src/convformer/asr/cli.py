@@ -1,8 +1,11 @@
-"""`convformer asr`: train and evaluate streaming Conformer CTC models, transcribe audio files.
+"""`convformer asr`: train and evaluate streaming Conformer models (CTC, hybrid CTC/RNN-T, transducer),
+transcribe audio files.
 
-    convformer asr train [--model conformer_ctc_xs] [--data bundled|FOLDER] [--epochs 40]
-    convformer asr eval runs/<run>/best.safetensors [--stream] [--chunk-ms 320] [--output report.json]
-    convformer asr transcribe speech.wav --weights best.safetensors [--stream --chunk-ms 320]
+    convformer asr train [--model conformer_ctc_xs|conformer_hybrid_xs] [--data bundled|FOLDER] [--epochs 40]
+    convformer asr eval [runs/<run>/best.safetensors] [--stream] [--decoder rnnt] [--output report.json]
+    convformer asr transcribe speech.wav [--weights best.safetensors] [--stream --chunk-ms 320]
+
+Without weights, eval and transcribe use the shipped model (asr/pretrained).
 """
 from __future__ import annotations
 
@@ -72,7 +75,8 @@ def train_cmd(
     config: options.Config = None,
     quiet: options.Quiet = False,
 ):
-    """Train a CTC Conformer (SpecAugment, AdamW, cosine); run folder, resume and DDP as `convformer train`."""
+    """Train a CTC, hybrid CTC/RNN-T or transducer Conformer (SpecAugment, AdamW, cosine); run folder, resume and
+    DDP as `convformer train`."""
     flags = {k: v for k, v in locals().items() if k not in ("config", "quiet")}
     flags["model_kwargs"] = options.json_mapping("--model-kwargs", model_kwargs)
     cfg, result = options.run_training_command(AsrTrainConfig, config, flags, quiet)
