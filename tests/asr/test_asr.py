@@ -155,14 +155,16 @@ def test_weights_without_a_vocabulary_are_refused(tmp_path, capsys):
     assert "does not record its vocabulary" in one_line_error(capsys)
 
 
-def test_torchrun_two_processes_train_and_score_the_whole_validation_set(tmp_path):
+@pytest.mark.parametrize("model", ["conformer_ctc_xs", "conformer_hybrid_xs"])
+def test_torchrun_two_processes_train_and_score_the_whole_validation_set(tmp_path, model):
     import os
     import subprocess
     import sys
     data = small_corpus(tmp_path / "data", train=4, val=3)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    port = 31500 + os.getpid() % 1000 + (500 if "hybrid" in model else 0)
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          str(31500 + os.getpid() % 1000), "-m", "convformer", "asr", "train", "--data", str(data),
+                          str(port), "-m", "convformer", "asr", "train", "--data", str(data), "--model", model,
                           "--epochs", "1", "--batch-size", "2", "--threads", "1", "--quiet", "--output",
                           str(tmp_path), "--name", "ddp"], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
