@@ -103,7 +103,7 @@ def test_model_kwargs_from_a_config_file_reach_the_model(tmp_path):
 
 
 def test_model_kwargs_flag_must_be_a_json_object():
-    from convformer.vision.cli import _json_mapping
+    from convformer.engine.options import json_mapping as _json_mapping
     assert _json_mapping("--model-kwargs", '{"mixers": ["pool", "pool", "pool", "pool"]}') == {"mixers": ["pool"] * 4}
     with pytest.raises(ConvformerError, match="not valid JSON"):
         _json_mapping("--model-kwargs", "{mixers: pool}")
