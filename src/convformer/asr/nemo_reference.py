@@ -18,7 +18,8 @@ def build_nemo_encoder(model):
     from nemo.collections.asr.modules.conformer_encoder import ConformerEncoder
     cfg = model.cfg
     nemo = ConformerEncoder(**config_to_nemo(cfg)).eval()
-    state = {k[len("encoder."):]: v for k, v in to_nemo(model.state_dict(), cfg.subsampling, with_head=False).items()}
+    state = {k[len("encoder."):]: v for k, v in to_nemo(model.state_dict(), cfg.subsampling, with_head=False).items()
+             if k.startswith("encoder.")}
     missing, unexpected = nemo.load_state_dict(state, strict=False)
     if unexpected or any(not k.endswith("pos_enc.pe") for k in missing):
         raise RuntimeError(f"NeMo encoder does not take our weights: missing {missing}, unexpected {unexpected}")
