@@ -155,7 +155,7 @@ def test_weights_without_a_vocabulary_are_refused(tmp_path, capsys):
     assert "does not record its vocabulary" in one_line_error(capsys)
 
 
-@pytest.mark.parametrize("model", ["conformer_ctc_xs", "conformer_hybrid_xs"])
+@pytest.mark.parametrize("model", ["conformer_ctc_xs", pytest.param("conformer_hybrid_xs", marks=pytest.mark.slow)])
 def test_torchrun_two_processes_train_and_score_the_whole_validation_set(tmp_path, model):
     import os
     import subprocess

@@ -121,6 +121,7 @@ def test_transcribe_streams_the_rnnt_head_to_the_offline_transcript(hybrid_run, 
     assert final.split("final: ", 1)[1] == offline
 
 
+@pytest.mark.slow
 def test_export_cli_puts_the_rnnt_decoder_in_the_step_graph(hybrid_run, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     from convformer.cli import main

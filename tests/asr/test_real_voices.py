@@ -162,6 +162,7 @@ def test_buffered_streaming_equals_offline_only_with_the_whole_utterance_in_view
         BufferedStreaming(model.encoder, chunk=30, left=32)
 
 
+@pytest.mark.slow
 @needs_fsdd
 def test_latency_benchmark_runs_on_tiny_models(tmp_path):
     from conftest import load_benchmark
