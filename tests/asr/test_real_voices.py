@@ -42,6 +42,8 @@ def test_narrowband_audio_has_its_empty_bands_masked_on_request():
     unit-variance noise. With it they are exactly 0, and the bands below are untouched."""
     wav = sorted(FSDD.glob("*.wav"))[0]
     assert band_limit(wav) == 4000.0
+    wave, limit = load_audio(wav, with_limit=True)   # the same answer from the one read
+    assert limit == 4000.0 and torch.equal(wave, load_audio(wav))
     frontend = LogMelFrontend(FrontendConfig()).eval()
     audio = load_audio(wav)
     plain, _ = frontend(audio)

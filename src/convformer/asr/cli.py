@@ -185,7 +185,7 @@ def transcribe_cmd(
                                              "there is one)."),
 ):
     """Print the transcript of each file (with --stream: partial hypotheses, latency and real-time factor)."""
-    from convformer.asr.data import FrontendConfig, LogMelFrontend, band_limit, load_audio
+    from convformer.asr.data import FrontendConfig, LogMelFrontend, load_audio
     from convformer.asr.task import decode_batch, load_asr, pick_decoder, stream_chunk, transcribe_stream
     weights, net, vocab = _load(weights, model)
     pick_decoder(net, decoder)
@@ -193,13 +193,13 @@ def transcribe_cmd(
     streamer = _streamer(net, context) if stream or context else None
     chunk = stream_chunk(streamer, chunk_ms) if stream else 0
     for path in audio:
-        limit = band_limit(path, frontend.cfg.sample_rate)
+        wave, limit = load_audio(path, frontend.cfg.sample_rate, with_limit=True)
         if limit is not None:
             masked = getattr(net, "narrowband", "keep") == "mask"
             typer.echo(f"{path}: recorded at {int(2 * limit)} Hz, resampled to {frontend.cfg.sample_rate} Hz; mel "
                        f"bands above {limit:.0f} Hz " + ("masked" if masked else "hold no speech"))
             limit = limit if masked else None
-        feats, lengths = frontend(load_audio(path, frontend.cfg.sample_rate), band_limit_hz=limit)
+        feats, lengths = frontend(wave, band_limit_hz=limit)
         if not stream:
             typer.echo(f"{path}: {decode_batch(net, vocab, feats, lengths, decoder=decoder)[0]}")
             continue

@@ -222,9 +222,10 @@ def band_limit(path: str | os.PathLike, sample_rate: int = 16000) -> float | Non
     return rate / 2 if rate < sample_rate else None
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> torch.Tensor:
+def load_audio(path: str | os.PathLike, sample_rate: int = 16000, with_limit: bool = False):
     """A mono float waveform at ``sample_rate`` from WAV/FLAC/OGG (any rate; resampled polyphase). Audio
-    recorded below ``sample_rate`` has nothing above its own Nyquist frequency: see ``band_limit``."""
+    recorded below ``sample_rate`` has nothing above its own Nyquist frequency: ``with_limit`` also returns
+    that frequency (``band_limit``'s answer, from the same read), or None for wideband audio."""
     try:
         import soundfile as sf
     except ImportError:
@@ -243,7 +244,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> torch.Tenso
         from scipy.signal import resample_poly
         g = math.gcd(int(rate), int(sample_rate))
         data = resample_poly(data, sample_rate // g, int(rate) // g).astype(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(data))
+    wave = torch.from_numpy(np.ascontiguousarray(data))
+    return (wave, rate / 2 if rate < sample_rate else None) if with_limit else wave
 
 
 # ---- vocabularies ----------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from convformer.progress import progress_bar
 
 from convformer.asr.data import (CharVocabulary, FrontendConfig, LogMelFrontend, SentencePieceVocabulary, SpecAugment,
-                           WaveAugment, band_limit, load_audio)
+                           WaveAugment, load_audio)
 from convformer.errors import ConvformerError
 from convformer.asr.transducer import GreedyTransducerDecoder, rnnt_loss
 from convformer.asr.ctc import StreamingGreedyDecoder, edit_distance, error_rates, greedy_decode
@@ -119,10 +119,9 @@ class Utterances(Dataset):
         self.augment, self.wave_augment, self.frontend, self.narrowband = augment, wave_augment, frontend, 0
         for entry in progress_bar(entries, desc=f"features ({what})", disable=not progress, leave=False, unit="utt"):
             rate = frontend.cfg.sample_rate
-            limit = band_limit(entry["audio_filepath"], rate)
+            wave, limit = load_audio(entry["audio_filepath"], rate, with_limit=True)
             self.narrowband += limit is not None
             limit = limit if mask_narrowband else None
-            wave = load_audio(entry["audio_filepath"], rate)
             feats, _ = frontend(wave, band_limit_hz=limit)
             tokens = vocab.encode(entry["text"])
             if not tokens:
