@@ -40,6 +40,15 @@ def train_cmd(
     seq2seq: Optional[bool] = typer.Option(None, "--seq2seq", help="Predict and supervise every frame."),
     attention: Optional[str] = typer.Option(None, help="conv or linear: override the lifter's attention "
                                                        "(ablation: plain linear-projection attention)."),
+    embed_dim: Optional[int] = typer.Option(None, help="Per-joint embedding width d [default: the model's, 32]."),
+    spatial_depth: Optional[int] = typer.Option(None, help="Spatial blocks [default: the model's]."),
+    temporal_depth: Optional[int] = typer.Option(None, help="Temporal blocks [default: the model's]."),
+    num_heads: Optional[int] = typer.Option(None, help="Attention heads [default: 8]."),
+    mlp_ratio: Optional[float] = typer.Option(None, help="MLP hidden width / features [default: 2]."),
+    kernel_sizes: Optional[str] = typer.Option(None, help="Q/K/V kernels of the convolutional attention, e.g. "
+                                                          "3,5,7 [default: 7,7,7]."),
+    flatten: Optional[str] = typer.Option(None, help="Order of a frame's J x d features on the temporal axis: "
+                                                     "joint (joint-major) or feature (feature-major); docs/pose.md."),
     synthetic_frames: Optional[int] = typer.Option(None, help="Frames per synthetic sequence [default: 600]."),
     synthetic_noise: Optional[float] = typer.Option(None, help="2-D noise (pixels) on synthetic keypoints."),
     epochs: Optional[int] = typer.Option(None, help="Epochs [default: 20]."),
@@ -80,6 +89,48 @@ def train_cmd(
                f"{result['val_p_mpjpe']:.1f} mm (best MPJPE {result['best_mpjpe']:.1f} mm, {result['val_count']} "
                f"windows) after {result['epochs']} epochs in {result['seconds']:.0f}s")
     typer.echo(f"run folder: {result['folder']}")
+
+
+@app.command("prepare")
+def prepare_cmd(
+    output: Path = typer.Option(..., "--output", "-o", help="Folder to write data_3d_h36m.npz, "
+                                                            "data_2d_h36m_<keypoints>.npz and cameras.json into."),
+    mocap: Optional[Path] = typer.Option(None, help="3-D motion in VideoPose3D's layout (positions_3d[subject][action], "
+                                                    "metres, z up), e.g. ../shared/data/hdm05/data_3d_hdm05.npz."),
+    synthetic: bool = typer.Option(False, "--synthetic", help="Write the synthetic Human3.6M stand-in instead."),
+    cameras: Optional[Path] = typer.Option(None, help="Cameras json with extrinsics per subject (the layout of "
+                                                      "pose/h36m_cameras.json) [default: Human3.6M's intrinsics, "
+                                                      "four views on a ring]."),
+    keypoints: str = typer.Option("gt", help="Name of the 2-D file: data_2d_h36m_<keypoints>.npz (--mocap)."),
+    noise: float = typer.Option(0.0, help="Gaussian 2-D noise, pixels (a detector's error)."),
+    drop: float = typer.Option(0.0, help="Chance that a keypoint is missed in a frame (it holds its last value)."),
+    distance: float = typer.Option(6.0, help="Radius of the default camera ring, metres (--mocap)."),
+    distortion: bool = typer.Option(True, "--distortion/--no-distortion",
+                                    help="Apply the cameras' lens distortion (--mocap)."),
+    frames: int = typer.Option(600, help="Frames per synthetic sequence (--synthetic)."),
+    seed: int = typer.Option(0, help="Seed of the camera jitter, noise and drops."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files already in --output."),
+):
+    """Film 3-D motion with cameras into 2-D + 3-D files that `pose train/eval --data FOLDER` read."""
+    from convformer.pose.prepare import prepare_mocap, prepare_synthetic
+    if (mocap is None) == (not synthetic):
+        raise ConvformerError("pass exactly one of --mocap FILE (project real 3-D motion) or --synthetic")
+    if synthetic:
+        if cameras is not None or keypoints != "gt":
+            raise ConvformerError("--cameras and --keypoints apply to --mocap; the synthetic set has its own rig "
+                                  "and names its 2-D file 'synth'")
+        if frames < 1:
+            raise ConvformerError(f"--frames must be at least 1, got {frames}")
+        info = prepare_synthetic(output, frames=frames, noise_px=noise, drop_prob=drop, seed=seed, overwrite=overwrite)
+        typer.echo(f"wrote the synthetic set ({len(info['subjects'])} subjects, {info['clips']} sequences, "
+                   f"4 cameras) to {output}: train with `convformer pose train --data {output} --keypoints synth`")
+        return
+    info = prepare_mocap(mocap, output, cameras=cameras, keypoints=keypoints, noise_px=noise, drop_prob=drop,
+                         distance=distance, distortion=distortion, seed=seed, overwrite=overwrite)
+    typer.echo(f"filmed {info['clips']} clips ({info['frames']} frames) of {', '.join(info['subjects'])} with "
+               f"{info['cameras']} cameras into {output}")
+    typer.echo(f"train with `convformer pose train --data {output} --keypoints {keypoints} --train-subjects ... "
+               "--test-subjects ...` (docs/pose.md gives HDM05's actor split)")
 
 
 @app.command("eval")

@@ -24,6 +24,15 @@ class PoseTrainConfig(EngineOptions):
     test_flip: bool = True               # test-time flip augmentation in validation
     seq2seq: bool = False                # supervise every frame of the window (model predicts all T)
     attention: Optional[str] = None      # "conv" or "linear": override the lifter's attention (ablations)
+    # architecture overrides of the transformer lifters (None: the registered model's value); recorded in
+    # the weight file, so `pose eval`, `pose lift` and load_lifter rebuild the same network
+    embed_dim: Optional[int] = None      # d, per-joint embedding width (temporal features: 17 x d)
+    spatial_depth: Optional[int] = None  # spatial blocks
+    temporal_depth: Optional[int] = None # temporal blocks
+    num_heads: Optional[int] = None
+    mlp_ratio: Optional[float] = None
+    kernel_sizes: Optional[str] = None   # Q/K/V kernel sizes of the convolutional attention, e.g. "3,5,7"
+    flatten: Optional[str] = None        # "joint" or "feature": the order of a frame's features (docs/pose.md)
     synthetic_frames: int = 600          # frames per synthetic sequence (data=synthetic)
     synthetic_noise: float = 0.0         # 2-D Gaussian noise in pixels (data=synthetic)
     epochs: int = 20

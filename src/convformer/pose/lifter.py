@@ -28,6 +28,15 @@ from convformer.layers import DropPath, Mlp
 from convformer.mixers import DynamicConvAttention
 
 
+#: how a frame's J x d spatial features are laid out on the temporal blocks' feature axis: "joint"-major keeps
+#: each joint's d channels together (a temporal kernel mostly mixes one joint's channels), "feature"-major puts
+#: the J joints side by side for every channel (a kernel always mixes neighbouring joints of one channel)
+FLATTEN_ORDERS = ("joint", "feature")
+#: the lifter options `pose train` accepts and weight files record (see PoseTrainConfig)
+ARCH_OPTIONS = ("embed_dim", "spatial_depth", "temporal_depth", "num_heads", "mlp_ratio", "kernel_sizes",
+                "attention", "flatten")
+
+
 @dataclass(frozen=True)
 class PoseLifterConfig:
     num_frames: int = 9            # receptive field T (odd: the centre frame is predicted)
@@ -44,6 +53,7 @@ class PoseLifterConfig:
     attn_drop_rate: float = 0.0    # dropout on attention weights
     drop_path_rate: float = 0.0    # stochastic depth, linearly increasing over the blocks
     seq2seq: bool = False          # predict every frame instead of the centre one
+    flatten: str = "joint"         # frame -> temporal features: "joint"-major (j*d + c) or "feature"-major (c*J + j)
 
 
 class PoseBlock(nn.Module):
@@ -69,6 +79,8 @@ class PoseLifter(nn.Module):
         super().__init__()
         if cfg.attention not in ("conv", "linear"):
             raise ConvformerError(f"attention must be 'conv' or 'linear', got {cfg.attention!r}")
+        if cfg.flatten not in FLATTEN_ORDERS:
+            raise ConvformerError(f"flatten must be one of {', '.join(FLATTEN_ORDERS)}, got {cfg.flatten!r}")
         if cfg.num_frames < 1 or cfg.num_frames % 2 == 0:
             raise ConvformerError(f"num_frames must be a positive odd number (the window is centred on the frame "
                                   f"it lifts), got {cfg.num_frames}")
@@ -122,7 +134,10 @@ class PoseLifter(nn.Module):
         z = self.joint_embed(x.reshape(b * t, j, -1)) + self.joint_pos
         for blk in self.spatial_blocks:
             z = blk(z)
-        z = self.spatial_norm(z).reshape(b, t, -1) + self.temporal_pos
+        z = self.spatial_norm(z)                         # (B*T, J, d)
+        if self.cfg.flatten == "feature":
+            z = z.transpose(1, 2)                        # (B*T, d, J): feature-major flattening
+        z = z.reshape(b, t, -1) + self.temporal_pos
         for blk in self.temporal_blocks:
             z = blk(z)
         return self.temporal_norm(z)

@@ -8,6 +8,7 @@ set under the engine's per-sample seed, so resumed runs replay it exactly.
 """
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -90,6 +91,45 @@ def receptive_field(model_name: str) -> int:
     return card.input_size[0]
 
 
+def architecture_options(cfg) -> dict:
+    """The lifter architecture overrides set in a training config ({} for the registered model as is),
+    checked here so that a bad value is a one-line error before any data is read."""
+    from convformer.pose.lifter import ARCH_OPTIONS
+    arch = {k: getattr(cfg, k) for k in ARCH_OPTIONS if getattr(cfg, k, None) not in (None, "")}
+    if not arch:
+        return {}
+    if not cfg.model.startswith(("convformer_pose", "poseformer")):
+        raise ConvformerError(f"--{'/--'.join(k.replace('_', '-') for k in arch)} appl"
+                              f"{'ies' if len(arch) == 1 else 'y'} to the transformer lifters "
+                              f"(convformer_pose_t*, poseformer_t*), not {cfg.model}")
+    if "kernel_sizes" in arch:
+        arch["kernel_sizes"] = _kernel_sizes(arch["kernel_sizes"])
+    for key in ("embed_dim", "spatial_depth", "temporal_depth", "num_heads"):
+        if key in arch and (not isinstance(arch[key], int) or arch[key] < (1 if key in ("embed_dim", "num_heads")
+                                                                            else 0)):
+            raise ConvformerError(f"--{key.replace('_', '-')} must be a {'positive' if key in ('embed_dim', 'num_heads') else 'non-negative'} "
+                                  f"integer, got {arch[key]!r}")
+    if "mlp_ratio" in arch and not float(arch["mlp_ratio"]) > 0:
+        raise ConvformerError(f"--mlp-ratio must be positive, got {arch['mlp_ratio']!r}")
+    from convformer.pose.lifter import FLATTEN_ORDERS
+    if "flatten" in arch and arch["flatten"] not in FLATTEN_ORDERS:
+        raise ConvformerError(f"--flatten must be one of {', '.join(FLATTEN_ORDERS)}, got {arch['flatten']!r}")
+    if "attention" in arch and arch["attention"] not in ("conv", "linear"):
+        raise ConvformerError(f"--attention must be conv or linear, got {arch['attention']!r}")
+    return arch
+
+
+def _kernel_sizes(value) -> list[int]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        sizes = [int(v) for v in items if str(v).strip()]
+    except ValueError:
+        raise ConvformerError(f"--kernel-sizes takes comma-separated odd numbers, e.g. 3,5,7; got {value!r}") from None
+    if not sizes or any(k < 1 or k % 2 == 0 for k in sizes):
+        raise ConvformerError(f"--kernel-sizes must be odd and positive, e.g. 3,5,7; got {value!r}")
+    return sizes
+
+
 class PoseLifting(Task):
     name = "pose"
     train_stat = "mpjpe"
@@ -101,6 +141,7 @@ class PoseLifting(Task):
     def build(self, cfg, progress: bool) -> TaskData:
         from convformer.pose.data import PoseWindows
         frames = receptive_field(cfg.model)
+        arch = architecture_options(cfg)
         if cfg.seq2seq and frames == 1:
             raise ConvformerError(f"--seq2seq needs a temporal model; {cfg.model} sees one frame")
         train, test = load_splits(cfg, [(cfg.train_subjects, cfg.train_cameras),
@@ -112,14 +153,11 @@ class PoseLifting(Task):
         kwargs = {"drop_path_rate": cfg.drop_path_rate} if frames > 1 else {}
         if cfg.seq2seq:
             kwargs["seq2seq"] = True
-        if cfg.attention:
-            if not cfg.model.startswith(("convformer_pose", "poseformer")):
-                raise ConvformerError(f"--attention applies to the transformer lifters, not {cfg.model}")
-            kwargs["attention"] = cfg.attention
+        kwargs.update(arch)
         resolved = {"receptive_field": frames, "train_windows": len(train_set), "val_windows": len(val_set),
                     "train_sequences": len(train.sequences), "val_sequences": len(test.sequences)}
         meta = {"receptive_field": str(frames), "seq2seq": str(cfg.seq2seq), "keypoints": cfg.keypoints,
-                "attention": cfg.attention or "",
+                "attention": cfg.attention or "", "lifter": json.dumps(arch, sort_keys=True),
                 "left": ",".join(map(str, train.left)), "right": ",".join(map(str, train.right))}
         return TaskData(train_set, val_set, kwargs, resolved, meta)
 
@@ -219,6 +257,12 @@ def load_lifter(weights: str, model: str | None = None, fast: bool = False, load
     kwargs = {"seq2seq": True} if meta.get("seq2seq") == "True" else {}
     if meta.get("attention"):
         kwargs["attention"] = meta["attention"]
+    if meta.get("lifter"):
+        try:
+            arch = json.loads(meta["lifter"])
+        except ValueError:
+            raise ConvformerError(f"{weights}: its 'lifter' metadata is not JSON; the file is damaged") from None
+        kwargs.update(arch)
     net = create_model(name, **kwargs)
     load_weights(net, state, metadata=meta, source_name=weights)
     net.eval()
