@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from convformer.pose.keypoints import H36M_BONES, H36M_PARENTS, coco_to_h36m, load_keypoints
+from convformer.pose.keypoints import H36M_BONES, H36M_PARENTS, coco_to_h36m, load_keypoints, read_keypoints
 from convformer.pose import plot as pose_plot
 from convformer.pose.plot import animate_poses, plot_pose_frames, plot_pose_pair
 from convformer.errors import ConvformerError
@@ -95,11 +95,16 @@ def test_load_coco_results_picks_the_best_person_and_sorts_frames(tmp_path):
         {"image_id": 2, "category_id": 1, "keypoints": c.ravel().tolist(), "score": 0.9},
     ]
     (tmp_path / "res.json").write_text(json.dumps(results))
-    kp, layout, scores = load_keypoints(tmp_path / "res.json")
-    assert layout == "coco" and kp.shape == (2, 17, 2) and scores.shape == (2, 17)
+    got = read_keypoints(tmp_path / "res.json")
+    kp, layout, scores = got.keypoints, got.layout, got.scores
+    # frames 2..5 by id: 3 and 4 have no detection and are interpolated between 2 and 5 (score 0)
+    assert layout == "coco" and kp.shape == (4, 17, 2) and scores.shape == (4, 17)
+    assert got.frame_ids.tolist() == [2, 3, 4, 5] and got.filled_frames == [3, 4]
     np.testing.assert_allclose(kp[0], coco_to_h36m(c)[:, :2], rtol=1e-6)  # frame 2, its 0.9 person
-    np.testing.assert_allclose(kp[1], coco_to_h36m(a)[:, :2], rtol=1e-6)  # frame 5
-    np.testing.assert_allclose(scores[1], coco_to_h36m(a)[:, 2], rtol=1e-6)
+    np.testing.assert_allclose(kp[3], coco_to_h36m(a)[:, :2], rtol=1e-6)  # frame 5
+    np.testing.assert_allclose(kp[1], (2 * kp[0] + kp[3]) / 3, rtol=1e-5)
+    np.testing.assert_allclose(scores[3], coco_to_h36m(a)[:, 2], rtol=1e-6)
+    assert (scores[1:3] == 0).all()
 
 
 def test_load_plain_json_list(tmp_path):

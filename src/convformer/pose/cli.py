@@ -147,10 +147,16 @@ def eval_cmd(
     flip: bool = typer.Option(True, "--flip/--no-flip", help="Flip test-time augmentation."),
     output: Optional[Path] = typer.Option(None, help="Folder for per_action.csv/.json and table.md."),
     fast: bool = typer.Option(False, "--fast", help="Use the fast inference path (convformer.optimize)."),
+    threads: options.Threads = None,
 ):
     """Per-action MPJPE (protocol 1), P-MPJPE (protocol 2), N-MPJPE and MPJVE over whole sequences."""
     from convformer.pose.task import evaluate_sequences, load_split
     from convformer.fileio import atomic_write
+    if threads is not None:
+        if threads < 1:
+            raise ConvformerError(f"--threads must be at least 1, got {threads}")
+        import torch
+        torch.set_num_threads(threads)
     net, _ = load_lifter(weights, model, fast)
     cfg = PoseTrainConfig(data=data, keypoints=keypoints, actions=actions, synthetic_frames=synthetic_frames,
                           synthetic_noise=synthetic_noise)
@@ -187,17 +193,31 @@ def _size(text: Optional[str]) -> Optional[tuple[int, int]]:
     return w, h
 
 
-def _frames(text: Optional[str], n: int) -> list[int]:
+def _frames(text: Optional[str], ids: np.ndarray) -> list[int]:
+    """--frames (frame ids, as in the input file) -> row indices of the sequence; checked before any work."""
     if not text:
-        return [n // 2]
+        return [len(ids) // 2]
     try:
         frames = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ConvformerError(f"--frames takes comma-separated frame numbers, got {text!r}") from None
-    bad = [f for f in frames if not 0 <= f < n]
-    if bad:
-        raise ConvformerError(f"--frames {bad} outside the sequence (frames 0-{n - 1})")
-    return frames
+    first, last = int(ids[0]), int(ids[-1])
+    bad = [f for f in frames if not first <= f <= last]
+    if bad or not frames:
+        raise ConvformerError(f"--frames {bad or text!r} outside the sequence (frames {first}-{last})")
+    return [f - first for f in frames]
+
+
+def _video_path(video: Optional[Path]) -> None:
+    if video is None:
+        return
+    suffix = video.suffix.lower()
+    if suffix not in (".gif", ".mp4"):
+        raise ConvformerError(f"--video {video.name}: use a .gif or .mp4 path")
+    if suffix == ".mp4":
+        import shutil
+        if shutil.which("ffmpeg") is None:
+            raise ConvformerError(f"cannot write {video.name}: ffmpeg is not installed; use a .gif path instead")
 
 
 @app.command("lift")
@@ -216,21 +236,30 @@ def lift_cmd(
     flip: bool = typer.Option(True, "--flip/--no-flip", help="Flip test-time augmentation."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
 ):
-    """Lift every frame to root-relative 3-D joints (metres, camera axes: x right, y down, z forward)."""
+    """Lift every frame to root-relative 3-D joints (metres, camera axes: x right, y down, z forward).
+
+    Every argument is checked before anything is written. COCO-style results keep their frame ids: frames
+    with no detection, and joints with score 0, are interpolated from their neighbours (the count is
+    printed), and <output>_frames.json lists the frame id of every row."""
     import torch
 
-    from convformer.pose.keypoints import load_keypoints
+    from convformer.pose.keypoints import read_keypoints
     from convformer.pose.data import normalize_screen
     from convformer.pose.task import lift_sequence
     from convformer.fileio import atomic_write
     output = output or keypoints.with_name(keypoints.stem + "_3d.npy")
     if output.suffix != ".npy":
         raise ConvformerError(f"--output must be a .npy file, got {output}")
-    for target in (output, png, video):
+    ids_path = output.with_name(output.stem + "_frames.json")
+    _video_path(video)
+    size = _size(image_size)
+    got = read_keypoints(keypoints, layout)
+    kp, layout_used = got.keypoints, got.layout
+    has_ids = got.has_frame_ids
+    for target in (output, png, video, ids_path if has_ids else None):
         if target is not None and target.exists() and not overwrite:
             raise ConvformerError(f"{target} already exists; pass --overwrite or choose another path")
-    kp, layout_used, _ = load_keypoints(keypoints, layout)
-    size = _size(image_size)
+    rows = _frames(frames, got.frame_ids) if png is not None else []
     if size is None:
         if np.abs(kp).max() > 1.5:
             raise ConvformerError(f"{keypoints.name} holds pixel coordinates (up to {np.abs(kp).max():.0f}); pass "
@@ -239,6 +268,13 @@ def lift_cmd(
     else:
         norm = normalize_screen(kp, *size)
     net, _ = load_lifter(weights, model)
+    if len(kp) < net.receptive_field:
+        typer.echo(f"warning: {keypoints.name} has {len(kp)} frame(s), fewer than the {net.receptive_field} "
+                   f"frames {net.model_card.name} looks at; the missing frames are filled by repeating the "
+                   "first and last frame, which makes the motion look frozen to the model", err=True)
+    if got.filled_frames or got.filled_joints:
+        typer.echo(f"note: {len(got.filled_frames)} frame(s) without a detection and {got.filled_joints} "
+                   "joint(s) with score 0 were interpolated from their neighbours", err=True)
     poses = lift_sequence(net, torch.from_numpy(np.ascontiguousarray(norm, dtype=np.float32)), flip_tta=flip,
                           progress=len(kp) > 2048).numpy()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -247,11 +283,16 @@ def lift_cmd(
             np.save(fh, poses.astype(np.float32))
 
     atomic_write(output, save)
+    if has_ids:
+        doc = {"frame_ids": got.frame_ids.tolist(), "filled_frames": got.filled_frames,
+               "filled_joints": got.filled_joints}
+        atomic_write(ids_path, lambda tmp: Path(tmp).write_text(json.dumps(doc) + "\n"))
     typer.echo(f"lifted {len(kp)} frame(s) ({layout_used} order"
-               + (", mapped to Human3.6M" if layout_used == "coco" else "") + f") with {net.model_card.name}: {output}")
+               + (", mapped to Human3.6M" if layout_used == "coco" else "") + f") with {net.model_card.name}: {output}"
+               + (f" (frames {got.frame_ids[0]}-{got.frame_ids[-1]}, ids in {ids_path.name})" if has_ids else ""))
     if png is not None:
         from convformer.pose.plot import plot_pose_frames
-        plot_pose_frames(kp, poses, _frames(frames, len(kp)), png, image_size=size)
+        plot_pose_frames(kp, poses, rows, png, image_size=size)
         typer.echo(f"picture: {png}")
     if video is not None:
         from convformer.pose.plot import animate_poses

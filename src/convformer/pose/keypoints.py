@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -85,20 +86,35 @@ def coco_to_h36m(kp):
     return lib.stack([joints[name] for name in H36M_JOINTS], -2)
 
 
-def load_keypoints(path, layout: str = "auto", to_h36m: bool = True):
-    """Read 2-D keypoints for one person from ``.npy`` or ``.json``.
+@dataclass
+class KeypointFile:
+    """What :func:`read_keypoints` found in a file."""
+    keypoints: np.ndarray     # (N, 17, 2) float32, Human3.6M order unless to_h36m=False; gaps filled
+    layout: str               # "h36m" or "coco": the joint order the file was read as
+    scores: np.ndarray | None  # (N, 17) float32 detection scores (0 where a joint was filled), or None
+    frame_ids: np.ndarray     # (N,) int64: the frame each row is (contiguous; COCO ids are kept)
+    filled_frames: list = field(default_factory=list)  # frame ids absent from the file, interpolated
+    filled_joints: int = 0    # joints with score <= 0 in frames that were present, interpolated
+    has_frame_ids: bool = False  # the file named its frames (COCO-style results)
 
-    Accepted: ``.npy`` of shape (N, 17, 2), (N, 17, 3) with a score channel, or a single frame (17, 2|3);
-    ``.json`` holding the same as nested lists, or COCO-style results (a list, or a dict with
-    "annotations", of ``{"image_id" or "frame": int, "keypoints": [x1, y1, v1, ... 51 numbers],
-    "score": float}``). With COCO-style results, frames are sorted by their id and, where several people
-    share a frame, the highest-scoring one is kept; frames without a detection are simply absent.
+
+def read_keypoints(path, layout: str = "auto", to_h36m: bool = True) -> KeypointFile:
+    """Read 2-D keypoints of one person from ``.npy`` or ``.json``.
+
+    Accepted: ``.npy`` of shape (N, 17, 2), (N, 17, 3) with a score channel, a single frame (17, 2|3), or
+    flattened frames (N, 34) / (N, 51); ``.json`` holding the same as nested lists, or COCO-style results
+    (a list, or a dict with "annotations", of ``{"image_id" or "frame": int, "keypoints": [x1, y1, v1, ...
+    51 numbers], "score": float}``). With COCO-style results, where several people share a frame the
+    highest-scoring one is kept, and the frame ids are kept: frames between the first and the last id
+    that have no detection are filled by interpolating their neighbours (``filled_frames`` lists them).
+
+    A joint whose score is 0 or less (COCO's "not detected", usually written at (0, 0)) is missing: it
+    is interpolated in time from the frames where that joint was seen (held at the ends). A joint never
+    seen in any frame is an error.
 
     ``layout`` is the joint order of the file: "h36m", "coco", or "auto" (COCO-style JSON is COCO,
-    everything else is taken as Human3.6M; the returned layout says which was assumed).
-    Returns ``(keypoints (N, 17, 2) float32, layout_used, scores (N, 17) float32 or None)``; with
-    ``to_h36m`` (default) COCO input is converted with ``coco_to_h36m``, so keypoints are in
-    Human3.6M order whatever the file held.
+    everything else is taken as Human3.6M). With ``to_h36m`` (default) COCO input is converted with
+    ``coco_to_h36m``, so keypoints are in Human3.6M order whatever the file held.
     """
     path = Path(path)
     if layout not in LAYOUTS:
@@ -106,28 +122,86 @@ def load_keypoints(path, layout: str = "auto", to_h36m: bool = True):
     if not path.is_file():
         raise ConvformerError(f"keypoint file not found: {path}")
     suffix = path.suffix.lower()
+    ids = None
     if suffix == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)  # pickles can run code: never load them
-        except (ValueError, EOFError, OSError):
-            array = None
-        if not isinstance(array, np.ndarray):
-            if hasattr(array, "close"):  # a .npz archive under a .npy name
-                array.close()
-            what = "an object array (pickled data is refused)" if _is_npy(path) else "not a .npy array"
-            raise ConvformerError(f"{path.name} is {what}; save a plain numeric array with np.save")
+        array = _read_npy(path)
         coco_style = False
     elif suffix == ".json":
-        array, coco_style = _read_json(path)
+        array, coco_style, ids = _read_json(path)
     else:
         raise ConvformerError(f"{path.name}: keypoint files must be .npy or .json, not {suffix or 'no suffix'}")
 
     kp = _check_array(array, path.name)
+    present = np.ones(len(kp), bool)
+    if ids is not None:  # COCO results: place each detected frame at its id, the gaps are missing
+        full = np.arange(ids[0], ids[-1] + 1)
+        grid = np.zeros((len(full), 17, kp.shape[2]))
+        grid[ids - ids[0]] = kp
+        present = np.zeros(len(full), bool)
+        present[ids - ids[0]] = True
+        kp, frame_ids = grid, full
+    else:
+        frame_ids = np.arange(len(kp))
+    seen = present[:, None] & ((kp[..., 2] > 0) if kp.shape[2] == 3 else True)
+    filled_joints = int((present[:, None] & ~seen).sum())
+    kp = _fill_missing(kp, seen, path.name, layout if layout != "auto" else ("coco" if coco_style else "h36m"))
     used = layout if layout != "auto" else ("coco" if coco_style else "h36m")
+    if kp.shape[-1] == 3:
+        kp[..., 2] = np.where(seen, kp[..., 2], 0.0)
     if used == "coco" and to_h36m:
         kp = coco_to_h36m(kp)
     scores = kp[..., 2].astype(np.float32) if kp.shape[-1] == 3 else None
-    return np.ascontiguousarray(kp[..., :2], dtype=np.float32), used, scores
+    return KeypointFile(np.ascontiguousarray(kp[..., :2], dtype=np.float32), used, scores,
+                        frame_ids.astype(np.int64), [int(f) for f in frame_ids[~present]], filled_joints,
+                        ids is not None)
+
+
+def load_keypoints(path, layout: str = "auto", to_h36m: bool = True):
+    """:func:`read_keypoints` as ``(keypoints (N, 17, 2) float32, layout_used, scores (N, 17) or None)``."""
+    got = read_keypoints(path, layout, to_h36m)
+    return got.keypoints, got.layout, got.scores
+
+
+def _fill_missing(kp: np.ndarray, seen: np.ndarray, name: str, layout: str) -> np.ndarray:
+    """Linear interpolation over frames of every (frame, joint) not ``seen``; held at both ends."""
+    if seen.all():
+        return kp
+    names = COCO_JOINTS if layout == "coco" else H36M_JOINTS
+    never = [names[j] for j in range(kp.shape[1]) if not seen[:, j].any()]
+    if never:
+        raise ConvformerError(f"{name}: joint(s) {', '.join(never)} are never detected (score 0 in every frame); "
+                              "the lifter needs all 17 joints: fill them or use another detector")
+    out = kp.copy()
+    frames = np.arange(len(kp))
+    for j in range(kp.shape[1]):
+        ok = seen[:, j]
+        if ok.all():
+            continue
+        for c in range(2):
+            out[~ok, j, c] = np.interp(frames[~ok], frames[ok], kp[ok, j, c])
+    return out
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    fmt = np.lib.format
+    with open(path, "rb") as fh:
+        try:
+            version = fmt.read_magic(fh)
+            shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(fh)
+        except (ValueError, EOFError, OSError):
+            raise ConvformerError(f"{path.name} is not a .npy array; save a plain numeric array with np.save") from None
+        if dtype.hasobject:
+            raise ConvformerError(f"{path.name} is an object array (pickled data is refused); save a plain numeric "
+                                  "array with np.save")
+        expected = int(np.prod(shape)) * dtype.itemsize
+        available = path.stat().st_size - fh.tell()
+    if available < expected:
+        raise ConvformerError(f"{path.name} is truncated: its header says {shape} {dtype} ({expected} bytes) but "
+                              f"only {available} bytes follow; re-create the file")
+    try:
+        return np.load(path, allow_pickle=False)  # pickles can run code: never load them
+    except (ValueError, EOFError, OSError) as err:
+        raise ConvformerError(f"{path.name} is unreadable ({err}); re-create it with np.save") from None
 
 
 def _check_array(array, name: str) -> np.ndarray:
@@ -135,7 +209,13 @@ def _check_array(array, name: str) -> np.ndarray:
         array = np.asarray(array, dtype=np.float64)
     except (TypeError, ValueError) as err:  # ragged lists, strings, object arrays
         raise ConvformerError(f"{name} is not a numeric array of keypoints (frames of different shapes?)") from err
+    if array.ndim == 2 and array.shape[1] in (34, 51):
+        array = array.reshape(len(array), 17, array.shape[1] // 17)  # flattened frames: x1, y1, [s1,] x2, ...
     if array.ndim == 2:
+        if array.shape[0] != 17 or array.shape[1] not in (2, 3):
+            raise ConvformerError(f"{name} has shape {array.shape}; expected frames of 17 joints: (frames, 17, 2), "
+                                  "(frames, 17, 3), a single frame (17, 2), or flattened frames (frames, 34) / "
+                                  "(frames, 51)")
         array = array[None]  # a single frame
     if array.size == 0:
         raise ConvformerError(f"{name} holds no keypoints")
@@ -153,13 +233,9 @@ def _check_array(array, name: str) -> np.ndarray:
     return array
 
 
-def _is_npy(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(6) == b"\x93NUMPY"
-
-
-def _read_json(path: Path) -> tuple[object, bool]:
-    """The keypoints as nested lists (frames, 17, C) and whether the file was COCO-style results."""
+def _read_json(path: Path) -> tuple[object, bool, np.ndarray | None]:
+    """The keypoints as nested lists (frames, 17, C), whether the file was COCO-style results, and then
+    the sorted frame ids of the rows (None otherwise)."""
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -171,7 +247,7 @@ def _read_json(path: Path) -> tuple[object, bool]:
     if not data:
         raise ConvformerError(f"{path.name} holds no keypoints")
     if not all(isinstance(item, dict) for item in data):
-        return data, False
+        return data, False, None
 
     best: dict[int, tuple[float, list]] = {}  # frame -> (score, keypoints) of its best person
     for item in data:
@@ -186,7 +262,8 @@ def _read_json(path: Path) -> tuple[object, bool]:
         score = float(score) if score is not None else float(sum(values[2::3]))
         if frame not in best or score > best[frame][0]:
             best[frame] = (score, [values[i:i + 3] for i in range(0, 51, 3)])
-    return [best[frame][1] for frame in sorted(best)], True
+    order = sorted(best)
+    return [best[frame][1] for frame in order], True, np.array(order, np.int64)
 
 
 def _frame_id(item: dict, name: str) -> int:
