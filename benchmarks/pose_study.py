@@ -144,7 +144,13 @@ def study(args) -> dict:
         return sorted(extra, key=weight, reverse=True)
 
     pending = followers() + pending
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+    if args.jobs <= 1:  # in this process, one run after another
+        while pending:
+            k = pending.pop(0)
+            done[k] = run_one(job(*k))
+            save()
+            pending = followers() + pending
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         running = {}
         while pending or running:
             while pending and len(running) < args.jobs:

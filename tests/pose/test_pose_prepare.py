@@ -325,3 +325,25 @@ def test_lift_keeps_coco_frame_ids_fills_gaps_and_warns_on_short_input(tiny_weig
     doc = json.loads((tmp_path / "dets_3d_frames.json").read_text())
     assert doc["frame_ids"] == [3, 4, 5, 6, 7] and doc["filled_frames"] == [5, 6]
     assert "frames 3-7" in captured.out
+
+
+def test_parameter_study_benchmark_sweeps_then_seeds_the_best_rate(tmp_path):
+    from conftest import load_benchmark
+    study = load_benchmark("pose_study")
+    out = tmp_path / "study.json"
+    study.main(["--datasets", "synthetic", "--points", "single", "mlp", "--epochs", "1", "--stride", "400",
+                "--val-stride", "800", "--batch", "32", "--lrs", "1e-3", "3e-3", "--seeds", "0", "1", "--jobs", "1",
+                "--data-dir", str(tmp_path / "data"), "--output", str(out)])
+    report = json.loads(out.read_text())
+    runs = {(r["point"], r["lr"], r["seed"]): r for r in report["runs"]}
+    for row in report["summary"]:
+        sweep = {lr: runs[(row["point"], lr, 0)]["mpjpe"] for lr in (1e-3, 3e-3)}
+        assert row["lr"] == min(sweep, key=sweep.get)            # the better rate of seed 0 ...
+        assert (row["point"], row["lr"], 1) in runs                # ... is the one seed 1 ran at
+        assert (row["point"], max(sweep, key=sweep.get), 1) not in runs
+        m = [runs[(row["point"], row["lr"], s)]["mpjpe"] for s in (0, 1)]
+        assert row["mpjpe"] == pytest.approx(sum(m) / 2) and row["seeds"] == 2
+    assert {r["point"] for r in report["summary"]} == {"single", "mlp"}
+    params = {r["point"]: r["params"] for r in report["summary"]}
+    assert params["mlp"] == sum(p.numel() for p in convformer.create_model("martinez_mlp").parameters())
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG" and "| synthetic |" in out.with_suffix(".md").read_text()
