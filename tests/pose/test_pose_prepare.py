@@ -184,9 +184,15 @@ def test_architecture_options_round_trip_through_training_weights_and_cli(mocap,
     torch.testing.assert_close(net(x), direct.eval()(x), rtol=0, atol=0)
     # `pose eval` and `pose lift` rebuild the same network from the file alone
     capsys.readouterr()
-    assert main(["pose", "eval", str(weights), "--data", str(data), "--subjects", "tr", "--threads", "1",
-                 "--no-flip"]) == 0
+    try:
+        assert main(["pose", "eval", str(weights), "--data", str(data), "--subjects", "tr", "--threads", "2",
+                     "--no-flip"]) == 0
+        assert torch.get_num_threads() == 2          # --threads took effect
+    finally:
+        torch.set_num_threads(1)
     assert "sequences of tr: MPJPE" in capsys.readouterr().out
+    assert main(["pose", "eval", str(weights), "--data", str(data), "--subjects", "tr", "--threads", "0"]) == 2
+    assert "--threads must be at least 1" in _one_line_error(capsys)
     # bad options: one-line errors before any data is read
     for flag, value, message in (("--flatten", "diagonal", "--flatten must be one of joint, feature"),
                                  ("--kernel-sizes", "4,6", "--kernel-sizes must be odd"),
