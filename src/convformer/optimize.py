@@ -26,6 +26,7 @@ from torch import nn
 
 from convformer.errors import ConvformerError
 
+RUNTIMES = ("torch", "onnxruntime")
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "int8": torch.qint8}
 
@@ -74,8 +75,12 @@ def _cast_output(module, args, output):
 
 
 def optimize(model: nn.Module, dtype: str | torch.dtype | None = None, compile: bool = False,
-             fold: bool = True) -> nn.Module:
+             fold: bool = True, runtime: str = "torch", threads: int | None = None) -> nn.Module:
     """Return an inference-optimised copy of ``model``.
+
+    runtime: "torch" (this function's own paths, below) or "onnxruntime": a callable that runs the model's
+    export form in ONNX Runtime, one static-shape session per input shape, each checked against the plain
+    model when it is built (:class:`convformer.runtimes.OnnxRuntimeModel`; ``threads`` sets its threads).
 
     dtype: None/"fp32" keeps float32; "bf16" runs in bfloat16 (fast on CPUs with AVX-512-BF16/AMX and
     on recent GPUs), with float32 inputs and outputs; "int8" (MetaFormers and CFSR, CPU, eager only)
@@ -83,6 +88,14 @@ def optimize(model: nn.Module, dtype: str | torch.dtype | None = None, compile: 
     ``output_agreement`` or an evaluation on real data first. compile: wrap in ``torch.compile``.
     A model class without a registered fast path is only copied, cast and compiled.
     """
+    if runtime not in RUNTIMES:
+        raise ConvformerError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if runtime == "onnxruntime":
+        if compile or dtype not in (None, "fp32", "float32", torch.float32) or not fold:
+            raise ConvformerError("runtime='onnxruntime' runs float32 as exported; dtype, compile and fold=False "
+                                  "apply to runtime='torch'")
+        from convformer.runtimes import OnnxRuntimeModel
+        return OnnxRuntimeModel(model, optimize_for_export(model), threads=threads)
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ConvformerError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
