@@ -21,6 +21,7 @@ from torch import nn
 
 from convformer.errors import ConvformerError
 
+
 class OnnxRuntimeModel:
     """``model`` run by ONNX Runtime's CPU provider, one static-shape session per input shape seen."""
 
@@ -56,10 +57,9 @@ class OnnxRuntimeModel:
             return self._sessions[shape]
         from convformer.export.onnx import onnx_session
         path = Path(self._folder.name) / f"{'x'.join(map(str, shape))}.onnx"
-        net = self.export_form
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes on input checks: constant for a fixed shape
-            torch.onnx.export(net, (torch.zeros(shape),), str(path), input_names=[self.input_name],
+            torch.onnx.export(self.export_form, (torch.zeros(shape),), str(path), input_names=[self.input_name],
                               output_names=["output"], opset_version=self.opset, dynamo=False)
         sess = onnx_session(path, self.threads)
         x = torch.rand(shape, generator=torch.Generator().manual_seed(0))

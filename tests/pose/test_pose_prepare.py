@@ -139,7 +139,7 @@ def test_prepare_refuses_bad_input_and_writes_nothing(mocap, tmp_path, capsys):
     assert main(["pose", "prepare", "--mocap", str(path), "-o", str(out), "--noise", "5"]) == 2
     assert "already has" in _one_line_error(capsys)
     assert (out / "data_3d_h36m.npz").read_bytes() == before
-    assert not list(out.glob(".*partial"))
+    assert not list(out.glob(".*"))  # no staged or temporary file left behind
 
 
 def test_prepare_synthetic_is_the_generator(tmp_path, capsys):

@@ -28,11 +28,25 @@ from pathlib import Path
 import numpy as np
 
 from convformer.errors import ConvformerError
+from convformer.fileio import atomic_write
 from convformer.pose.data import (BUILTIN_CAMERAS, H36M_32_TO_17, H36M_LEFT, H36M_RIGHT, load_cameras, project,
                                   read_npz, world_to_camera)
 
 #: the nearest a joint may come to a camera (metres) before the projection is refused
 MIN_DEPTH = 0.5
+
+
+def _refuse_existing(output: Path, names, overwrite: bool) -> None:
+    existing = [n for n in names if (output / n).exists()]
+    if existing and not overwrite:
+        raise ConvformerError(f"{output} already has {', '.join(existing)}; pass --overwrite or choose another "
+                              "--output")
+
+
+def _publish(staging: Path, output: Path, names) -> None:
+    """Move the finished files from ``staging`` into ``output``, each appearing whole (atomic_write)."""
+    for n in names:
+        atomic_write(output / n, lambda tmp, src=staging / n: shutil.copyfile(src, tmp))
 
 
 def ring_cameras(subjects, intrinsics: list[dict], distance: float = 6.0, height: float = 1.5,
@@ -109,10 +123,7 @@ def prepare_mocap(path_3d, output, cameras=None, keypoints: str = "gt", noise_px
         raise ConvformerError(f"--keypoints names the 2-D file data_2d_h36m_<keypoints>.npz; use letters, digits, "
                               f"- and _ (got {keypoints!r})")
     names = ("data_3d_h36m.npz", f"data_2d_h36m_{keypoints}.npz", "cameras.json")
-    existing = [n for n in names if (output / n).exists()]
-    if existing and not overwrite:
-        raise ConvformerError(f"{output} already has {', '.join(existing)}; pass --overwrite or choose another "
-                              "--output")
+    _refuse_existing(output, names, overwrite)
     motion = _read_motion(path_3d)
     subjects = list(motion)
     if cameras is None:
@@ -143,11 +154,7 @@ def prepare_mocap(path_3d, output, cameras=None, keypoints: str = "gt", noise_px
                     "source": str(path_3d.name), "noise_px": noise_px, "drop_prob": drop_prob,
                     "distortion": distortion, "seed": seed}
         np.savez_compressed(tmp / names[1], positions_2d=pos2d, metadata=metadata)
-        output.mkdir(parents=True, exist_ok=True)
-        for n in names:  # same file system after the copy: each file appears whole
-            staged = output / f".{n}.partial"
-            shutil.copyfile(tmp / n, staged)
-            staged.replace(output / n)
+        _publish(tmp, output, names)
     return {"subjects": subjects, "clips": sum(len(v) for v in motion.values()), "frames": frames,
             "cameras": len(cams[subjects[0]]), "files": [str(output / n) for n in names], "keypoints": keypoints}
 
@@ -158,16 +165,9 @@ def prepare_synthetic(output, frames: int = 600, noise_px: float = 0.0, drop_pro
     from convformer.pose.synth import ACTIONS, SUBJECTS, generate_h36m_like
     output = Path(output)
     names = ("data_3d_h36m.npz", "data_2d_h36m_synth.npz", "cameras.json")
-    existing = [n for n in names if (output / n).exists()]
-    if existing and not overwrite:
-        raise ConvformerError(f"{output} already has {', '.join(existing)}; pass --overwrite or choose another "
-                              "--output")
+    _refuse_existing(output, names, overwrite)
     with tempfile.TemporaryDirectory(prefix="convformer-prepare-") as tmp:
         generate_h36m_like(tmp, frames=frames, noise_px=noise_px, drop_prob=drop_prob, seed=seed)
-        output.mkdir(parents=True, exist_ok=True)
-        for n in names:
-            staged = output / f".{n}.partial"
-            shutil.copyfile(Path(tmp) / n, staged)
-            staged.replace(output / n)
+        _publish(Path(tmp), output, names)
     return {"subjects": list(SUBJECTS), "clips": len(SUBJECTS) * len(ACTIONS), "frames": None, "cameras": 4,
             "files": [str(output / n) for n in names], "keypoints": "synth"}
