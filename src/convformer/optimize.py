@@ -26,7 +26,10 @@ from torch import nn
 
 from convformer.errors import ConvformerError
 
-RUNTIMES = ("torch", "onnxruntime")
+RUNTIMES = ("torch", "onnxruntime", "openvino", "auto")
+#: what an ONNX export is built for: "generic" (the folded PyTorch model as it is) or "onnxruntime" (a graph
+#: rewritten so that ONNX Runtime's CPU provider keeps it in its blocked layout, where the model has one)
+EXPORT_TARGETS = ("generic", "onnxruntime", "openvino")
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "int8": torch.qint8}
 
@@ -36,10 +39,12 @@ class FastPath:
     """How one model class gets fast. ``prepare(copy, fold, compile, int8)`` turns a detached eval-mode copy
     into the eager fast model (it may return another module); ``int8`` names the part whose Linear layers
     int8 quantizes (None: the model has no int8 path); ``export`` gives the form an ONNX export should trace
-    (None: ``optimize(model)``)."""
+    (None: ``optimize(model)``); ``onnxruntime`` gives the form built for ONNX Runtime's CPU provider
+    (``export_onnx(target="onnxruntime")``; None: the same as ``export``)."""
     prepare: Callable[[nn.Module, bool, bool, bool], nn.Module]
     int8: Optional[Callable[[nn.Module], nn.Module]] = None
     export: Optional[Callable[[nn.Module], nn.Module]] = None
+    onnxruntime: Optional[Callable[[nn.Module], nn.Module]] = None
     compile_options: dict = field(default_factory=dict)
 
 
@@ -78,9 +83,10 @@ def optimize(model: nn.Module, dtype: str | torch.dtype | None = None, compile: 
              fold: bool = True, runtime: str = "torch", threads: int | None = None) -> nn.Module:
     """Return an inference-optimised copy of ``model``.
 
-    runtime: "torch" (this function's own paths, below) or "onnxruntime": a callable that runs the model's
-    export form in ONNX Runtime, one static-shape session per input shape, each checked against the plain
-    model when it is built (:class:`convformer.runtimes.OnnxRuntimeModel`; ``threads`` sets its threads).
+    runtime: "torch" (this function's own paths, below); "onnxruntime" or "openvino": a callable that runs
+    the model's export form for that runtime, one static-shape compiled model per input shape, each checked
+    against the plain model when it is built (``convformer.runtimes``; ``threads`` sets their threads);
+    "auto": times each installed runtime on every new input shape (a few seconds) and keeps the fastest.
 
     dtype: None/"fp32" keeps float32; "bf16" runs in bfloat16 (fast on CPUs with AVX-512-BF16/AMX and
     on recent GPUs), with float32 inputs and outputs; "int8" (MetaFormers and CFSR, CPU, eager only)
@@ -90,12 +96,11 @@ def optimize(model: nn.Module, dtype: str | torch.dtype | None = None, compile: 
     """
     if runtime not in RUNTIMES:
         raise ConvformerError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-    if runtime == "onnxruntime":
+    if runtime != "torch":
         if compile or dtype not in (None, "fp32", "float32", torch.float32) or not fold:
-            raise ConvformerError("runtime='onnxruntime' runs float32 as exported; dtype, compile and fold=False "
+            raise ConvformerError(f"runtime={runtime!r} runs float32 as exported; dtype, compile and fold=False "
                                   "apply to runtime='torch'")
-        from convformer.runtimes import OnnxRuntimeModel
-        return OnnxRuntimeModel(model, optimize_for_export(model), threads=threads)
+        return _other_runtime(model, runtime, threads)
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ConvformerError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -120,6 +125,35 @@ def optimize(model: nn.Module, dtype: str | torch.dtype | None = None, compile: 
     if compile:
         fast = torch.compile(fast, options=(path.compile_options or None) if path is not None else None)
     return fast
+
+
+RUNTIME_HELP = ("Inference runtime: torch, onnxruntime, openvino (the openvino extra) or auto (times each "
+                "installed one on the first batch of each shape and keeps the fastest); all but torch imply --fast.")
+
+
+def for_inference(model: nn.Module, fast: bool = False, runtime: str = "torch", threads: int | None = None):
+    """What a command runs: ``model`` itself, or ``optimize(model, runtime=...)`` when ``fast`` is set or a
+    runtime other than torch is asked for (those run the optimised export form anyway)."""
+    if runtime == "torch" and not fast:
+        return model
+    if runtime != "torch":
+        device = next(model.parameters()).device
+        if device.type != "cpu":
+            raise ConvformerError(f"--runtime {runtime} runs on the CPU; use --device cpu or --runtime torch")
+    return optimize(model, runtime=runtime, threads=threads)
+
+
+def _other_runtime(model: nn.Module, runtime: str, threads: int | None):
+    from convformer import runtimes
+    if runtime == "onnxruntime":
+        return runtimes.OnnxRuntimeModel(model, optimize_for_export(model, "onnxruntime"), threads=threads)
+    if runtime == "openvino":
+        return runtimes.OpenVinoModel(model, optimize_for_export(model, "openvino"), threads=threads)
+    candidates = {"torch": optimize(model)}
+    for name in ("onnxruntime", "openvino"):
+        if runtimes.runtime_available(name):
+            candidates[name] = _other_runtime(model, name, threads)
+    return runtimes.AutoRuntimeModel(candidates, model)
 
 
 @torch.no_grad()
@@ -147,11 +181,16 @@ def output_agreement(reference: nn.Module, candidate: nn.Module, batches) -> dic
     return result
 
 
-def optimize_for_export(model: nn.Module) -> nn.Module:
+def optimize_for_export(model: nn.Module, target: str = "generic") -> nn.Module:
     """The fastest form that exports to ONNX, as the model's fast path defines it (eager-only Python, such as
     CFSR's striped path or LowFormer's batch-size switch, would be unrolled by a graph export); by default
-    ``optimize(model)``, whose precomputed tensors (e.g. the pose lifter's fused kernels) become constants."""
+    ``optimize(model)``, whose precomputed tensors (e.g. the pose lifter's fused kernels) become constants.
+    ``target="onnxruntime"``: the form rewritten for ONNX Runtime's CPU provider where the model has one."""
+    if target not in EXPORT_TARGETS:
+        raise ConvformerError(f"export target must be one of {', '.join(EXPORT_TARGETS)}, got {target!r}")
     path = fast_path(model)
+    if target == "onnxruntime" and path is not None and path.onnxruntime is not None:
+        return path.onnxruntime(model)
     if path is not None and path.export is not None:
         return path.export(model)
     return optimize(model)

@@ -6,7 +6,12 @@ A candidate is a spec string:
                       ``NAME@fast-int8`` with int8 dynamic-quantized Linear layers (MetaFormers)
   ``NAME@compile``    folded and ``torch.compile``d
   ``timm:NAME``       timm's model, eager; ``timm:NAME@compile``; ``timm:NAME@bf16`` (autocast)
+  ``NAME@ort``        ``optimize(model, runtime="onnxruntime")``: our graph for ONNX Runtime, static shapes
   ``onnx:NAME``       our model exported to ONNX, run in onnxruntime; ``onnx:timm:NAME`` timm's export;
+                      ``onnx:NAME@fast`` the folded export; ``onnx:NAME@ort`` the graph built for ONNX Runtime
+  ``ov:NAME``         the same exports run by OpenVINO (float32, latency hint): ``ov:timm:NAME``,
+                      ``ov:NAME@fast``, ``ov:NAME@ort`` (needs the openvino package: the ``openvino`` extra)
+  ``NAME@ov``         ``optimize(model, runtime="openvino")``;  ``NAME@auto``  ``optimize(model, runtime="auto")``
                       ``onnx:NAME@official`` the authors' own ONNX export (CFSR), found like their weights
 
 Inputs are (batch, 3, H, W); the size defaults to the first model card's input size (224x224 for the
@@ -33,6 +38,18 @@ def _peer_timm(name: str):
         raise ConvformerError(f"timm has no model {name!r}") from err
 
 
+#: prefixes of candidates run from an exported ONNX file, and the runtime that runs it
+FILE_RUNNERS = {"onnx:": "onnxruntime", "ov:": "openvino"}
+
+
+def strip_runner(spec: str) -> str:
+    """"onnx:timm:resnet50@fast" -> "timm:resnet50@fast"."""
+    for prefix in FILE_RUNNERS:
+        if spec.startswith(prefix):
+            return spec[len(prefix):]
+    return spec
+
+
 def parse_size(size) -> tuple[int, int] | None:
     """224 / "224" -> (224, 224); "180x320" -> (180, 320) (height x width); None stays None."""
     if size is None or isinstance(size, tuple):
@@ -51,7 +68,7 @@ def parse_size(size) -> tuple[int, int] | None:
 
 def default_size(specs: list[str]) -> tuple[int, int]:
     """The input size of the first candidate's model card."""
-    name = specs[0].removeprefix("onnx:").partition("@")[0].removeprefix("timm:")
+    name = strip_runner(specs[0]).partition("@")[0].removeprefix("timm:")
     try:
         return tuple(model_card(name).input_size[-2:])
     except ConvformerError:
@@ -68,7 +85,14 @@ def sample_shape(model, hw) -> tuple:
     return (3, *hw)
 
 
-def _onnx_runner(session):
+def _file_runner(runner: str, path, threads: int | None):
+    """An ONNX file run by onnxruntime ("onnx") or OpenVINO ("ov"), torch tensor in."""
+    if runner == "ov":
+        from convformer.runtimes import openvino_runner
+        run = openvino_runner(path, threads)
+        return lambda x: run(x.numpy())
+    from convformer.export import onnx_session
+    session = onnx_session(path, threads)
     input_name = session.get_inputs()[0].name
     return lambda x: session.run(None, {input_name: x.numpy()})
 
@@ -79,8 +103,9 @@ def build_candidate(spec: str, img_size, threads: int | None, pretrained: bool =
     ``pretrained`` loads our models' published weights (timing barely depends on them, but the
     authors' ONNX files carry trained weights, so a like-for-like run uses the same)."""
     hw = parse_size(img_size)
-    onnx = spec.startswith("onnx:")
-    body = spec[len("onnx:"):] if onnx else spec
+    runner = "onnx" if spec.startswith("onnx:") else "ov" if spec.startswith("ov:") else None
+    onnx = runner is not None
+    body = spec.partition(":")[2] if onnx else spec
     name, _, variant = body.partition("@")
     is_timm = name.startswith("timm:")
     base_name = name[len("timm:"):] if is_timm else name
@@ -90,14 +115,15 @@ def build_candidate(spec: str, img_size, threads: int | None, pretrained: bool =
         from convformer.export import export_onnx, onnx_session
         if variant == "official":
             from convformer.weights.hub import official_onnx
-            return _onnx_runner(onnx_session(official_onnx(model_card(base_name)), threads)), model, base_name
-        if variant not in ("", "fast"):
+            return _file_runner(runner, official_onnx(model_card(base_name)), threads), model, base_name
+        if variant not in ("", "fast", "ort") or (is_timm and variant):
             raise ConvformerError(f"unknown benchmark variant {spec!r} (see `convformer bench --help`)")
         path = Path(tempfile.mkdtemp()) / f"{base_name}.onnx"
         pose = getattr(getattr(model, "model_card", None), "task", "") == "pose"  # needs constant kernels
-        export_onnx(optimize_for_export(model) if variant == "fast" or pose else model, path, hw,
-                    input_shape=sample_shape(model, hw))
-        return _onnx_runner(onnx_session(path, threads)), model, base_name
+        target = {"fast": "generic", "ort": "onnxruntime"}.get(variant, "generic" if pose else None)
+        export_onnx(model, path, hw, input_shape=sample_shape(model, hw),
+                    export_form=optimize_for_export(model, target) if target else None)
+        return _file_runner(runner, path, threads), model, base_name
     if variant in ("", "eager"):
         fn = model
     elif variant == "bf16" and is_timm:
@@ -106,6 +132,8 @@ def build_candidate(spec: str, img_size, threads: int | None, pretrained: bool =
                 return _m(x)
     elif variant == "compile":
         fn = torch.compile(model) if is_timm else optimize(model, compile=True)
+    elif variant in ("ort", "ov", "auto") and not is_timm:
+        fn = optimize(model, runtime={"ort": "onnxruntime", "ov": "openvino", "auto": "auto"}[variant], threads=threads)
     elif variant in ("fast", "fast-bf16", "fast-int8") and not is_timm:
         fn = optimize(model, dtype={"fast": None, "fast-bf16": "bf16", "fast-int8": "int8"}[variant])
     else:

@@ -17,6 +17,7 @@ import torch
 from convformer.errors import ConvformerError
 from convformer.fileio import atomic_write
 from convformer.registry import list_models, model_card
+from convformer.bench.candidates import strip_runner
 from convformer.bench.measure import machine_info
 from convformer.bench.runner import run_benchmark
 
@@ -57,7 +58,7 @@ DEFAULT_ENTRIES = [
 
 def _model_name(spec: str) -> tuple[str, bool]:
     """("resnet50", True) for "onnx:timm:resnet50@fast": the model a spec builds and whether it is timm's."""
-    name = spec.removeprefix("onnx:").partition("@")[0]
+    name = strip_runner(spec).partition("@")[0]
     return name.removeprefix("timm:"), name.startswith("timm:")
 
 

@@ -13,7 +13,7 @@ import torch
 
 from convformer.errors import ConvformerError
 from convformer.registry import model_card
-from convformer.bench.candidates import build_candidate, default_size, parse_size, sample_shape
+from convformer.bench.candidates import FILE_RUNNERS, build_candidate, default_size, parse_size, sample_shape, strip_runner
 from convformer.bench.counts import count_macs, count_params
 from convformer.bench.measure import interleaved, machine_info, matmul_ceiling, training_step
 from convformer.bench.memory import measure_peak_memory
@@ -66,7 +66,7 @@ def run_benchmark(specs: list[str], img_size=None, batch: int = 32, repeats: int
     if train:
         steps = {}
         for spec, c in cands.items():
-            if spec.startswith("onnx:") or "@" in spec:
+            if strip_runner(spec) != spec or "@" in spec:
                 continue  # training is measured on the eager models
             steps[spec] = training_step(c["model"], x)
         say(f"timing training steps of {len(steps)} candidates")
@@ -121,7 +121,10 @@ def _top1(model: str):
 
 
 def _kind(spec: str) -> str:
-    return "onnxruntime" if spec.startswith("onnx:") else "timm" if "timm:" in spec else "convformer"
+    for prefix, runtime in FILE_RUNNERS.items():
+        if spec.startswith(prefix):
+            return runtime
+    return "timm" if "timm:" in spec else "convformer"
 
 
 def _plot(report: dict, path: str) -> None:

@@ -8,7 +8,7 @@ import typer
 
 from convformer.errors import ConvformerError
 from convformer.export import export_onnx
-from convformer.optimize import optimize_for_export
+from convformer.optimize import EXPORT_TARGETS, optimize_for_export
 from convformer.registry import create_model, model_card
 from convformer.weights import load_weights
 from convformer.cli.app import app
@@ -32,7 +32,10 @@ def export(
     img_size: Optional[int] = typer.Option(None, help="Input size [default: the model's]."),
     opset: int = typer.Option(17, help="ONNX opset."),
     atol: float = typer.Option(1e-4, help="Largest allowed |onnxruntime - PyTorch| difference."),
-    fast: bool = typer.Option(False, "--fast", help="Export the folded inference model (convformer.optimize)."),
+    fast: bool = typer.Option(False, "--fast", help="Export the fast inference graph (convformer.optimize_for_export)."),
+    target: str = typer.Option("onnxruntime", help="With --fast: the runtime the graph is built for: onnxruntime "
+                                                   "(its blocked conv layout; MetaFormers) or generic (the folded "
+                                                   "PyTorch model as it is)."),
     chunk_ms: Optional[float] = typer.Option(None, help="Speech models: the streaming step's chunk in ms "
                                                         "[default: the model's smallest]."),
     decoder: str = typer.Option("auto", help="Speech models: the head in the step graph: ctc, rnnt (hybrids and "
@@ -40,6 +43,8 @@ def export(
                                              "auto (rnnt where there is one)."),
 ):
     """Export to ONNX and check onnxruntime's outputs against PyTorch's."""
+    if target not in EXPORT_TARGETS:
+        raise ConvformerError(f"--target must be one of {', '.join(EXPORT_TARGETS)}, got {target!r}")
     from convformer.weights import read_state_dict
     # read once; a .nemo archive, or a card's weight tag (SR), goes to its loader as it is
     loaded = read_state_dict(weights) if weights and Path(weights).is_file() and not weights.endswith(".nemo") \
@@ -80,8 +85,7 @@ def export(
         else:
             raise ConvformerError("pass --model NAME and/or --weights FILE")
         size, in_chans, dynamic = (img_size or net.cfg.img_size,) * 2, net.in_chans, "dynamic batch"
-    if fast:
-        net = optimize_for_export(net)
-    result = export_onnx(net, output, size, in_chans=in_chans, opset=opset, atol=atol)
+    form = optimize_for_export(net, target) if fast else None
+    result = export_onnx(net, output, size, in_chans=in_chans, opset=opset, atol=atol, export_form=form)
     typer.echo(f"wrote {result['path']} (opset {opset}, {size[0]}x{size[1]}, {dynamic}); max |onnxruntime - "
                f"PyTorch| = {result['max_abs_diff']:.2e}")

@@ -29,8 +29,12 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None):
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, img_size, in_chans: int = 3,
                 opset: int = 17, atol: float = 1e-4, check_batch: int = 2, dynamic_size: bool | None = None,
-                input_shape: tuple | None = None) -> dict:
+                input_shape: tuple | None = None, export_form: nn.Module | None = None) -> dict:
     """Export ``model`` (eval mode) to ``path``; returns {"path", "max_abs_diff", "opset"}.
+
+    ``export_form``: what to trace instead of ``model`` itself, e.g. ``optimize_for_export(model,
+    "onnxruntime")``, the form rewritten for ONNX Runtime's CPU provider. The check always compares
+    against ``model``.
 
     ``img_size``: N or (H, W). ``dynamic_size`` (default: for models with a ``scale``, i.e.
     super-resolution) also leaves height and width free. ``input_shape`` gives one sample's shape for
@@ -38,6 +42,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, img_size, in_chans: i
     ConvformerError if onnxruntime's output differs from PyTorch's by more than ``atol``.
     """
     model = model.eval()
+    traced = model if export_form is None else export_form.eval()
     hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     shape = tuple(input_shape) if input_shape else (in_chans, *hw)
     input_name = "keypoints" if input_shape else "images"
@@ -50,9 +55,11 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, img_size, in_chans: i
     def write(tmp: str) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes on input checks, constant for a fixed size
-            torch.onnx.export(model, (example,), tmp, input_names=[input_name], output_names=["output"],
+            torch.onnx.export(traced, (example,), tmp, input_names=[input_name], output_names=["output"],
                               dynamic_axes={input_name: axes, "output": axes},
                               opset_version=opset, dynamo=False)
+        if getattr(traced, "reshapes_keep_batch", False):
+            keep_batch_in_reshapes(tmp)
         diff = _compare(model, tmp, shape, check_batch, input_name)
         result["max_abs_diff"] = diff
         if not diff <= atol:
@@ -62,6 +69,35 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, img_size, in_chans: i
     result = {"path": str(path), "opset": opset}
     atomic_write(path, write)
     return result
+
+
+def keep_batch_in_reshapes(path: str | os.PathLike) -> int:
+    """Rewrite constant Reshape shapes that start with -1 to start with 0 ("copy the input's first
+    dimension"), in place; returns how many. For graphs whose reshapes all keep the batch first (say so
+    with a ``reshapes_keep_batch`` attribute on the module): ONNX shape inference then carries the batch
+    dimension's name through them, which lets ONNX Runtime prove that tensors after them have the same
+    shape as tensors before (its blocked layout needs that for Mul; else it reorders them)."""
+    import onnx
+    from onnx import numpy_helper
+    model = onnx.load(str(path))
+    constants = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = node.attribute[0].t
+    changed = 0
+    for node in model.graph.node:
+        tensor = constants.get(node.input[1]) if node.op_type == "Reshape" else None
+        if tensor is None:
+            continue
+        shape = numpy_helper.to_array(tensor)
+        if shape.ndim == 1 and len(shape) > 1 and shape[0] == -1 and (shape[1:] > 0).all():
+            shape = shape.copy()
+            shape[0] = 0
+            tensor.CopyFrom(numpy_helper.from_array(shape, tensor.name))
+            changed += 1
+    if changed:
+        onnx.save(model, str(path))
+    return changed
 
 
 def _compare(model: nn.Module, onnx_path: str, shape: tuple, batch: int, input_name: str) -> float:

@@ -16,6 +16,7 @@ import typer
 from convformer.pose.config import PoseTrainConfig
 from convformer.errors import ConvformerError
 from convformer.engine import options
+from convformer.optimize import RUNTIME_HELP
 from convformer.pose.task import load_lifter
 
 app = typer.Typer(no_args_is_help=True, help="3-D human pose: train/evaluate lifters, lift 2-D keypoints.")
@@ -147,6 +148,7 @@ def eval_cmd(
     flip: bool = typer.Option(True, "--flip/--no-flip", help="Flip test-time augmentation."),
     output: Optional[Path] = typer.Option(None, help="Folder for per_action.csv/.json and table.md."),
     fast: bool = typer.Option(False, "--fast", help="Use the fast inference path (convformer.optimize)."),
+    runtime: str = typer.Option("torch", help=RUNTIME_HELP),
     threads: options.Threads = None,
 ):
     """Per-action MPJPE (protocol 1), P-MPJPE (protocol 2), N-MPJPE and MPJVE over whole sequences."""
@@ -157,7 +159,7 @@ def eval_cmd(
             raise ConvformerError(f"--threads must be at least 1, got {threads}")
         import torch
         torch.set_num_threads(threads)
-    net, _ = load_lifter(weights, model, fast)
+    net, _ = load_lifter(weights, model, fast, runtime=runtime)
     cfg = PoseTrainConfig(data=data, keypoints=keypoints, actions=actions, synthetic_frames=synthetic_frames,
                           synthetic_noise=synthetic_noise)
     split = load_split(cfg, subjects, cameras)
@@ -235,6 +237,7 @@ def lift_cmd(
     video: Optional[Path] = typer.Option(None, help="Also write an animation (.gif, or .mp4 with ffmpeg)."),
     flip: bool = typer.Option(True, "--flip/--no-flip", help="Flip test-time augmentation."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    runtime: str = typer.Option("torch", help=RUNTIME_HELP),
 ):
     """Lift every frame to root-relative 3-D joints (metres, camera axes: x right, y down, z forward).
 
@@ -267,7 +270,7 @@ def lift_cmd(
         norm = kp
     else:
         norm = normalize_screen(kp, *size)
-    net, _ = load_lifter(weights, model)
+    net, _ = load_lifter(weights, model, runtime=runtime)
     if len(kp) < net.receptive_field:
         typer.echo(f"warning: {keypoints.name} has {len(kp)} frame(s), fewer than the {net.receptive_field} "
                    f"frames {net.model_card.name} looks at; the missing frames are filled by repeating the "

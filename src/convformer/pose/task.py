@@ -244,7 +244,8 @@ def evaluate_sequences(model, sequences, flip_tta: bool = True, batch_size: int 
     return table, mpjve_mm
 
 
-def load_lifter(weights: str, model: str | None = None, fast: bool = False, loaded: tuple | None = None):
+def load_lifter(weights: str, model: str | None = None, fast: bool = False, loaded: tuple | None = None,
+                runtime: str = "torch"):
     """The lifter a weight file was saved from (its metadata names it), with the weights loaded; ``loaded``
     is the file's (state dict, metadata) where the caller has read it already. Returns (model, metadata)."""
     from convformer.registry import create_model
@@ -266,7 +267,5 @@ def load_lifter(weights: str, model: str | None = None, fast: bool = False, load
     net = create_model(name, **kwargs)
     load_weights(net, state, metadata=meta, source_name=weights)
     net.eval()
-    if fast:
-        from convformer.optimize import optimize
-        net = optimize(net)
-    return net, meta
+    from convformer.optimize import for_inference
+    return for_inference(net, fast, runtime), meta

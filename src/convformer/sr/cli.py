@@ -18,18 +18,18 @@ from convformer.registry import create_model, list_models
 app = typer.Typer(no_args_is_help=True, help="Super-resolution: upscale and evaluate (CFSR).")
 
 
-def _sr_model(model: str, weights: Optional[str], fast: bool = False):
+def _sr_model(model: str, weights: Optional[str], fast: bool = False, runtime: str = "torch"):
     if model not in list_models(task="super-resolution"):
         raise ConvformerError(f"{model!r} is not a super-resolution model; choose one of "
                               f"{', '.join(list_models(task='super-resolution'))}")
     net = create_model(model, pretrained=weights or True).eval()
-    if fast:
-        from convformer.optimize import optimize
-        net = optimize(net)
-    return net
+    from convformer.optimize import for_inference
+    return for_inference(net, fast, runtime)
 
 
 FAST_HELP = "Use the fast inference path (convformer.optimize: same outputs up to float rounding)."
+RUNTIME_HELP = ("Inference runtime: torch, onnxruntime, openvino or auto; all but torch imply --fast and "
+                "compile one graph per input (or tile) size, so they pay off on many images of one size.")
 
 
 @app.command("upscale")
@@ -42,12 +42,13 @@ def upscale_cmd(
     tile_overlap: int = typer.Option(32, help="LR pixels of context around each tile."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
     fast: bool = typer.Option(False, "--fast", help=FAST_HELP),
+    runtime: str = typer.Option("torch", help=RUNTIME_HELP),
 ):
     """Write <name>_x<scale>.png for every input image."""
     from convformer.sr.data import image_files, load_rgb, save_png
     from convformer.sr.task import upscale
     files = image_files(inputs)
-    net = _sr_model(model, weights, fast)
+    net = _sr_model(model, weights, fast, runtime)
     targets = [output / f"{f.stem}_x{net.scale}.png" for f in files]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not overwrite:

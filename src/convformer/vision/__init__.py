@@ -32,7 +32,12 @@ def _fast_lowformer(model, fold: bool, compile: bool, int8: bool):
     return fold_lowformer(model).to(memory_format=torch.channels_last) if compile else FastLowFormer(model)
 
 
-register_fast_path(MetaFormer, FastPath(prepare=_fast_metaformer, int8=lambda m: m.stages))
+def _ort_metaformer(model):
+    from convformer.vision.metaformer_ort import OrtMetaFormer
+    return OrtMetaFormer(model) if OrtMetaFormer.supports(model) else fold_metaformer(copy.deepcopy(model).eval())
+
+
+register_fast_path(MetaFormer, FastPath(prepare=_fast_metaformer, int8=lambda m: m.stages, onnxruntime=_ort_metaformer))
 # the export form is the folded network alone: the batch-size switch of FastLowFormer is eager Python
 register_fast_path(LowFormer, FastPath(prepare=_fast_lowformer, export=lambda m: fold_lowformer(copy.deepcopy(m)),
                                        compile_options={"freezing": True}))

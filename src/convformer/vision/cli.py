@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from convformer.engine import build_config, options
 from convformer.engine.distributed import resolve_device
 from convformer.errors import ConvformerError
-from convformer.optimize import optimize
+from convformer.optimize import RUNTIME_HELP, for_inference
 from convformer.registry import create_model
 from convformer.vision.config import EvalConfig, TrainConfig
 from convformer.vision.data import build_image_data, eval_transform, open_image
@@ -108,9 +108,10 @@ def evaluate_cmd(
     config: Optional[str] = typer.Option(None, help="YAML/JSON file of options."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     fast: bool = typer.Option(False, "--fast", help="Run the folded inference model (convformer.optimize)."),
+    runtime: str = typer.Option("torch", help=RUNTIME_HELP),
 ):
     """Report loss, top-1 and top-5 accuracy."""
-    flags = {k: v for k, v in locals().items() if k not in ("config", "as_json", "fast")}
+    flags = {k: v for k, v in locals().items() if k not in ("config", "as_json", "fast", "runtime")}
     cfg = build_config(EvalConfig, config, **flags)
     net, meta = model_from_weights(cfg.weights, cfg.model, cfg.img_size)
     size = net.cfg.img_size
@@ -122,10 +123,11 @@ def evaluate_cmd(
                               f"{len(data_set.classes)}; evaluate on the data the model was trained for")
     device = resolve_device(cfg.device)
     loader = DataLoader(data_set.val, batch_size=cfg.batch_size, num_workers=cfg.workers)
-    runner = optimize(net.to(device)) if fast else net.to(device)
+    runner = for_inference(net.to(device), fast, runtime)
     result = evaluate(runner, loader, device, progress=True)
     if as_json:
-        typer.echo(json.dumps({"model": net.model_card.name, "data": cfg.data, "fast": fast, **result}))
+        typer.echo(json.dumps({"model": net.model_card.name, "data": cfg.data, "fast": fast or runtime != "torch",
+                               "runtime": runtime, **result}))
     else:
         typer.echo(f"{net.model_card.name} on {cfg.data}: top-1 {result['top1']:.2f}%  top-5 "
                    f"{result['top5']:.2f}%  loss {result['loss']:.4f}  ({result['count']} images)")
@@ -139,6 +141,7 @@ def predict(
     top: int = typer.Option(5, help="How many labels per image."),
     as_json: bool = typer.Option(False, "--json", help="Print predictions as JSON."),
     fast: bool = typer.Option(False, "--fast", help="Run the folded inference model (convformer.optimize)."),
+    runtime: str = typer.Option("torch", help=RUNTIME_HELP),
 ):
     """Print the top labels with probabilities for each image."""
     if weights:
@@ -151,7 +154,7 @@ def predict(
     transform = eval_transform(net.cfg.img_size, pre["mean"], pre["std"], pre["crop_pct"], pre["interpolation"])
     names = class_names(meta, net.num_classes)
     batch = torch.stack([transform(open_image(p)) for p in images])  # every file read before any output
-    runner = optimize(net) if fast else net
+    runner = for_inference(net, fast, runtime)
     with torch.inference_mode():
         probs = runner(batch).softmax(dim=1)
     k = min(top, probs.shape[1])
