@@ -35,3 +35,54 @@ def test_onnxruntime_pose_lifter_and_its_input_check():
     assert ort.receptive_field == 9
     with pytest.raises(ConvformerError, match="receptive field is 9 frames"):
         ort(torch.randn(2, 7, 17, 2))
+
+
+def test_openvino_matches_the_model_per_shape():
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    torch.manual_seed(0)
+    model = convformer.create_model("convformer_nano", num_classes=10, img_size=32).eval()
+    ov = convformer.optimize(model, runtime="openvino", threads=1)
+    for batch in (2, 1):
+        x = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(ov(x), model(x), rtol=0, atol=1e-4)
+    assert sorted(ov.checks) == [(1, 3, 32, 32), (2, 3, 32, 32)]
+
+
+def test_a_missing_runtime_is_refused_in_one_line(monkeypatch):
+    from convformer import runtimes
+    monkeypatch.setitem(runtimes.RUNTIME_PACKAGES, "openvino", ("no_such_package_here", "openvino"))
+    model = convformer.create_model("convformer_nano", num_classes=10, img_size=32).eval()
+    with pytest.raises(ConvformerError, match=r"needs the no_such_package_here package: pip install .*convformer\[openvino\]"):
+        convformer.optimize(model, runtime="openvino")
+    auto = convformer.optimize(model, runtime="auto")       # auto leaves it out instead
+    assert "openvino" not in auto.candidates and {"torch", "onnxruntime"} <= set(auto.candidates)
+
+
+def test_auto_keeps_the_fastest_runtime_per_shape(monkeypatch):
+    from convformer.runtimes import AutoRuntimeModel
+    model = convformer.create_model("convformer_nano", num_classes=10, img_size=32).eval()
+    calls = []
+
+    def slow(x):
+        import time
+        time.sleep(0.02)
+        calls.append("slow")
+        return model(x)
+
+    def fast_only_for_batch_1(x):
+        import time
+        time.sleep(0.0 if len(x) == 1 else 0.05)
+        calls.append("other")
+        return model(x)
+    auto = AutoRuntimeModel({"slow": slow, "other": fast_only_for_batch_1}, model, budget=0.3)
+    x1, x4 = torch.randn(1, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(auto(x1), model(x1))
+        auto(x4)
+    assert auto.choices == {(1, 3, 32, 32): "other", (4, 3, 32, 32): "slow"}
+    assert set(auto.timings[(1, 3, 32, 32)]) == {"slow", "other"}
+    calls.clear()
+    with torch.no_grad():
+        auto(x4)
+    assert calls == ["slow"]                                 # decided once per shape, then only the chosen one

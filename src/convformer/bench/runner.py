@@ -133,7 +133,7 @@ def _plot(report: dict, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    colors = {"convformer": "tab:blue", "timm": "tab:orange", "onnxruntime": "tab:green"}
+    colors = {"convformer": "tab:blue", "timm": "tab:orange", "onnxruntime": "tab:green", "openvino": "tab:purple"}
     rows = sorted(report["results"], key=lambda r: r["throughput"])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 0.32 * len(rows) + 2.5))
     ax1.barh([r["spec"] for r in rows], [r["throughput"] for r in rows], color=[colors[_kind(r["spec"])] for r in rows])
