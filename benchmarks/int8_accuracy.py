@@ -1,4 +1,7 @@
-"""What int8 costs in accuracy: ``optimize(model, dtype="int8")`` against float32 on real data.
+"""What int8 costs in accuracy on real data, against float32: ``optimize(model, dtype="int8")`` (PyTorch
+dynamic int8) and ``optimize(model, runtime="onnxruntime", dtype="int8", calibration=...)`` (ONNX Runtime
+static QDQ int8, calibrated on real inputs that are not scored: the digits' training images; for CFSR,
+two folds of the bundled photos, each scored with the calibration of the other).
 
     python benchmarks/int8_accuracy.py --digits runs/<run>/best.safetensors [--cfsr-dir ../shared/weights/cfsr]
 
@@ -18,7 +21,7 @@ import torch
 import convformer
 from convformer.vision.inference import model_from_weights
 from convformer.vision.digits import DigitsDataset, load_digits_tensors
-from convformer.sr.data import BUNDLED_PHOTOS, bundled_photo
+from convformer.sr.data import BUNDLED_PHOTOS, bicubic_down, bundled_photo, mod_crop
 from convformer.sr.task import score_image
 from convformer.fileio import atomic_write
 from convformer.weights.hub import local_weight_dirs
@@ -30,16 +33,22 @@ def digits_rows(weights: str) -> dict:
     _, _, images, labels = load_digits_tensors(size)
     data = DigitsDataset(images, labels, train=False)
     x = torch.stack([data[i][0] for i in range(len(data))])
-    out = {}
+    train_images = load_digits_tensors(size)[0]
+    train = DigitsDataset(train_images, torch.zeros(len(train_images), dtype=torch.long), train=False)
+    calibration = [torch.stack([train[i][0] for i in range(j, j + 64)]) for j in range(0, 256, 64)]
+    nets = {"fp32": model, "int8": convformer.optimize(model, dtype="int8"),
+            "ort_int8": convformer.optimize(model, runtime="onnxruntime", dtype="int8", calibration=calibration)}
     with torch.inference_mode():
-        for label, net in (("fp32", model), ("int8", convformer.optimize(model, dtype="int8"))):
-            out[label] = net(x)
-    fp32, int8 = out["fp32"].argmax(1), out["int8"].argmax(1)
-    return {"weights": str(weights), "model": meta.get("architecture"), "images": len(labels),
-            "top1_fp32": round(100.0 * (fp32 == labels).float().mean().item(), 2),
-            "top1_int8": round(100.0 * (int8 == labels).float().mean().item(), 2),
-            "changed_predictions": int((fp32 != int8).sum()),
-            "max_abs_logit_diff": round((out["fp32"] - out["int8"]).abs().max().item(), 4)}
+        out = {label: net(x) for label, net in nets.items()}
+    fp32 = out["fp32"].argmax(1)
+    row = {"weights": str(weights), "model": meta.get("architecture"), "images": len(labels),
+           "top1_fp32": round(100.0 * (fp32 == labels).float().mean().item(), 2)}
+    for label in ("int8", "ort_int8"):
+        pred = out[label].argmax(1)
+        row.update({f"top1_{label}": round(100.0 * (pred == labels).float().mean().item(), 2),
+                    f"changed_predictions_{label}": int((fp32 != pred).sum()),
+                    f"max_abs_logit_diff_{label}": round((out["fp32"] - out[label]).abs().max().item(), 4)})
+    return row
 
 
 def cfsr_rows(weights_dir: Path, scales=(2, 3, 4)) -> list[dict]:
@@ -47,11 +56,20 @@ def cfsr_rows(weights_dir: Path, scales=(2, 3, 4)) -> list[dict]:
     for scale in scales:
         model = convformer.create_model(f"cfsr_x{scale}", pretrained=str(weights_dir / f"CFSR_x{scale}.pth")).eval()
         int8 = convformer.optimize(model, dtype="int8")
-        for name in BUNDLED_PHOTOS:
+        names = list(BUNDLED_PHOTOS)
+        folds = [names[: len(names) // 2], names[len(names) // 2:]]
+        ort_int8 = {}
+        for i, fold in enumerate(folds):  # calibrated on the other fold's low-resolution inputs
+            calibration = [bicubic_down(mod_crop(bundled_photo(n), scale), scale) for n in folds[1 - i]]
+            net = convformer.optimize(model, runtime="onnxruntime", dtype="int8", calibration=calibration)
+            ort_int8.update({n: net for n in fold})
+        for name in names:
             fp, _ = score_image(model, None, bundled_photo(name), scale)
             q, _ = score_image(int8, None, bundled_photo(name), scale)
+            o, _ = score_image(ort_int8[name], None, bundled_photo(name), scale)
             rows.append({"scale": scale, "photo": name, "psnr_fp32": fp["psnr"], "psnr_int8": q["psnr"],
-                         "ssim_fp32": fp["ssim"], "ssim_int8": q["ssim"], "bicubic_psnr": fp["bicubic_psnr"]})
+                         "psnr_ort_int8": o["psnr"], "ssim_fp32": fp["ssim"], "ssim_int8": q["ssim"],
+                         "ssim_ort_int8": o["ssim"], "bicubic_psnr": fp["bicubic_psnr"]})
     return rows
 
 
@@ -65,17 +83,19 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     digits = digits_rows(args.digits)
-    print(f"digits ({digits['model']}, {digits['images']} test images): top-1 fp32 {digits['top1_fp32']:.2f}%  "
-          f"int8 {digits['top1_int8']:.2f}%  changed predictions {digits['changed_predictions']}  "
-          f"max |logit diff| {digits['max_abs_logit_diff']}")
+    print(f"digits ({digits['model']}, {digits['images']} test images): top-1 fp32 {digits['top1_fp32']:.2f}%")
+    for label in ("int8", "ort_int8"):
+        print(f"  {label:9s} top-1 {digits[f'top1_{label}']:.2f}%  changed predictions "
+              f"{digits[f'changed_predictions_{label}']}  max |logit diff| {digits[f'max_abs_logit_diff_{label}']}")
     cfsr_dir = Path(args.cfsr_dir) if args.cfsr_dir else next(
         (d / "cfsr" for d in local_weight_dirs() if (d / "cfsr" / "CFSR_x2.pth").is_file()), None)
     rows = cfsr_rows(cfsr_dir) if cfsr_dir else []
     if rows:
-        print(f"{'scale':>5}  {'photo':<22}{'PSNR fp32':>10}{'PSNR int8':>10}{'delta dB':>9}{'SSIM fp32':>10}{'SSIM int8':>10}")
+        print(f"{'scale':>5}  {'photo':<22}{'PSNR fp32':>10}{'torch int8':>11}{'ORT int8':>10}{'SSIM fp32':>10}"
+              f"{'torch int8':>11}{'ORT int8':>10}")
         for r in rows:
-            print(f"{r['scale']:>5}  {r['photo']:<22}{r['psnr_fp32']:>10.2f}{r['psnr_int8']:>10.2f}"
-                  f"{r['psnr_int8'] - r['psnr_fp32']:>9.3f}{r['ssim_fp32']:>10.4f}{r['ssim_int8']:>10.4f}")
+            print(f"{r['scale']:>5}  {r['photo']:<22}{r['psnr_fp32']:>10.2f}{r['psnr_int8']:>11.2f}{r['psnr_ort_int8']:>10.2f}"
+                  f"{r['ssim_fp32']:>10.4f}{r['ssim_int8']:>11.4f}{r['ssim_ort_int8']:>10.4f}")
     else:
         print("CFSR weights not found: pass --cfsr-dir (skipped)")
     report = {"digits": digits, "cfsr": rows, "torch": torch.__version__}

@@ -80,13 +80,15 @@ def _cast_output(module, args, output):
 
 
 def optimize(model: nn.Module, dtype: str | torch.dtype | None = None, compile: bool = False,
-             fold: bool = True, runtime: str = "torch", threads: int | None = None) -> nn.Module:
+             fold: bool = True, runtime: str = "torch", threads: int | None = None, calibration=None) -> nn.Module:
     """Return an inference-optimised copy of ``model``.
 
     runtime: "torch" (this function's own paths, below); "onnxruntime" or "openvino": a callable that runs
     the model's export form for that runtime, one static-shape compiled model per input shape, each checked
     against the plain model when it is built (``convformer.runtimes``; ``threads`` sets their threads);
     "auto": times each installed runtime on every new input shape (a few seconds) and keeps the fastest.
+    ``runtime="onnxruntime", dtype="int8", calibration=batches``: static int8 (QDQ) calibrated on
+    ``calibration`` (real inputs; :class:`convformer.runtimes.OnnxRuntimeInt8Model`).
 
     dtype: None/"fp32" keeps float32; "bf16" runs in bfloat16 (fast on CPUs with AVX-512-BF16/AMX and
     on recent GPUs), with float32 inputs and outputs; "int8" (MetaFormers and CFSR, CPU, eager only)
@@ -96,10 +98,17 @@ def optimize(model: nn.Module, dtype: str | torch.dtype | None = None, compile: 
     """
     if runtime not in RUNTIMES:
         raise ConvformerError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if runtime == "onnxruntime" and dtype == "int8" and not compile and fold:
+        if calibration is None:
+            raise ConvformerError("int8 in ONNX Runtime is calibrated on real inputs: pass calibration= a few "
+                                  "batches of them (a DataLoader or a list of tensors)")
+        from convformer.runtimes import OnnxRuntimeInt8Model
+        return OnnxRuntimeInt8Model(model, optimize_for_export(model, "generic"), calibration, threads=threads)
     if runtime != "torch":
         if compile or dtype not in (None, "fp32", "float32", torch.float32) or not fold:
-            raise ConvformerError(f"runtime={runtime!r} runs float32 as exported; dtype, compile and fold=False "
-                                  "apply to runtime='torch'")
+            raise ConvformerError(f"runtime={runtime!r} runs float32 as exported (or, for onnxruntime, "
+                                  "dtype='int8' with calibration=); compile, fold=False and bf16 apply to "
+                                  "runtime='torch'")
         return _other_runtime(model, runtime, threads)
     if isinstance(dtype, str):
         if dtype not in DTYPES:

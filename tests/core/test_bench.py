@@ -90,3 +90,15 @@ def test_benchmark_script_runs_on_a_tiny_input_and_reports_the_target_ratios(tmp
     peer = max(by[s]["throughput"] for s in by if s.startswith(("timm:", "onnx:timm", "ov:timm")))
     assert f"= {ours / peer:.2f}x (target >= 1.15)" in line
     assert (tmp_path / "speed.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_runtime_flag_runs_our_plain_candidates_in_that_runtime(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["bench", "convformer_nano", "timm:resnet18", "--runtime", "onnxruntime", "--img-size", "32",
+                 "--batch", "2", "--repeats", "1", "--warmup", "1", "--threads", "1", "--no-memory",
+                 "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [r["spec"] for r in report["results"]] == ["convformer_nano@ort", "timm:resnet18"]  # peers untouched
+    assert report["results"][0]["throughput"] > 0
+    assert main(["bench", "convformer_nano", "--runtime", "tvm"]) == 2
+    assert "--runtime must be one of" in capsys.readouterr().err

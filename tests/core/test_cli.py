@@ -48,6 +48,13 @@ def test_eval_reproduces_the_training_accuracy(digits_run, capsys):
     fast = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert fast["fast"] and fast["top1"] == pytest.approx(result["top1"], abs=0.3)  # at most one image flips
     assert fast["loss"] == pytest.approx(result["loss"], rel=1e-4)
+    # another runtime: the graph built for ONNX Runtime, the same loss and accuracy
+    assert main(["eval", str(digits_run / "last.safetensors"), "--json", "--runtime", "onnxruntime"]) == 0
+    ort = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert ort["runtime"] == "onnxruntime" and ort["top1"] == pytest.approx(result["top1"], abs=0.3)
+    assert ort["loss"] == pytest.approx(result["loss"], rel=1e-4)
+    assert main(["eval", str(digits_run / "last.safetensors"), "--runtime", "tensorrt"]) == 2
+    assert "runtime must be one of torch, onnxruntime, openvino, auto" in capsys.readouterr().err
 
 
 def test_predict_labels_digit_images(digits_run, tmp_path, capsys):

@@ -86,3 +86,24 @@ def test_auto_keeps_the_fastest_runtime_per_shape(monkeypatch):
     with torch.no_grad():
         auto(x4)
     assert calls == ["slow"]                                 # decided once per shape, then only the chosen one
+
+
+def test_static_int8_in_onnxruntime_is_calibrated_and_close():
+    """Calibrated on real-looking inputs, int8 stays near fp32 (it is not exact), serves any batch size,
+    and refuses to run without calibration data."""
+    torch.manual_seed(0)
+    model = convformer.create_model("convformer_nano", num_classes=10, img_size=32).eval()
+    calibration = [torch.randn(4, 3, 32, 32) for _ in range(3)]
+    int8 = convformer.optimize(model, runtime="onnxruntime", dtype="int8", calibration=calibration, threads=1)
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        ref, out = model(x), int8(x)
+    diff = (out - ref).abs().max().item()
+    assert 0 < diff < 0.1 * ref.abs().max().item()     # quantized (not the fp32 graph), yet close
+    assert 0 < int8.calibration_diff < 0.1 * ref.abs().max().item()
+    import onnx
+    from pathlib import Path
+    graph = onnx.load(str(Path(int8._folder.name) / "int8.onnx")).graph
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 10
+    with pytest.raises(ConvformerError, match="calibrated on real inputs"):
+        convformer.optimize(model, runtime="onnxruntime", dtype="int8")

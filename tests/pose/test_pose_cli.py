@@ -113,6 +113,12 @@ def test_lift_pixels_to_root_relative_poses_png_and_no_overwrite(pose_run, tmp_p
     assert spread[:, 0].mean() < 0.25 * spread[:, 1:].mean()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()
+    # ONNX Runtime runs the same lifter: the same poses within float rounding
+    ort_out = tmp_path / "clip_ort.npy"
+    assert main(["pose", "lift", str(clip), "--weights", pose_run["weights"], "--image-size", "1000x1002",
+                 "--runtime", "onnxruntime", "-o", str(ort_out)]) == 0
+    np.testing.assert_allclose(np.load(ort_out), poses, atol=1e-4)
+    capsys.readouterr()
 
     before = result.read_bytes()
     assert main(["pose", "lift", str(clip), "--weights", pose_run["weights"], "--image-size", "1000x1002"]) == 2

@@ -97,11 +97,12 @@ def test_sr_upscale_fast_writes_the_same_image(tmp_path):
     weights = tmp_path / "w.safetensors"
     convformer.save_weights(model, weights)
     save_png(torch.rand(1, 3, 21, 19), tmp_path / "in" / "a.png")
-    for flag, out in (([], "plain"), (["--fast"], "fast")):
+    for flag, out in (([], "plain"), (["--fast"], "fast"), (["--runtime", "onnxruntime"], "ort")):
         assert main(["sr", "upscale", str(tmp_path / "in"), "-o", str(tmp_path / out), "--model", "cfsr_x2",
                      "--weights", str(weights)] + flag) == 0
     plain, fast = load_rgb(tmp_path / "plain" / "a_x2.png"), load_rgb(tmp_path / "fast" / "a_x2.png")
     assert plain.shape == (1, 3, 42, 38) and (plain - fast).abs().max() <= 1 / 255  # at most one 8-bit level
+    assert (plain - load_rgb(tmp_path / "ort" / "a_x2.png")).abs().max() <= 1 / 255
 
 
 def test_parse_size():

@@ -12,6 +12,8 @@ A candidate is a spec string:
   ``ov:NAME``         the same exports run by OpenVINO (float32, latency hint): ``ov:timm:NAME``,
                       ``ov:NAME@fast``, ``ov:NAME@ort`` (needs the openvino package: the ``openvino`` extra)
   ``NAME@ov``         ``optimize(model, runtime="openvino")``;  ``NAME@auto``  ``optimize(model, runtime="auto")``
+  ``NAME@ort-int8``   static int8 (QDQ) in ONNX Runtime, calibrated on random inputs (speed only; accuracy:
+                      benchmarks/int8_accuracy.py calibrates on real data)
                       ``onnx:NAME@official`` the authors' own ONNX export (CFSR), found like their weights
 
 Inputs are (batch, 3, H, W); the size defaults to the first model card's input size (224x224 for the
@@ -132,6 +134,10 @@ def build_candidate(spec: str, img_size, threads: int | None, pretrained: bool =
                 return _m(x)
     elif variant == "compile":
         fn = torch.compile(model) if is_timm else optimize(model, compile=True)
+    elif variant == "ort-int8" and not is_timm:  # timing only: calibrated on random inputs of the batch's shape
+        shape = (2, *sample_shape(model, hw))
+        calibration = [torch.rand(shape, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+        fn = optimize(model, runtime="onnxruntime", dtype="int8", calibration=calibration, threads=threads)
     elif variant in ("ort", "ov", "auto") and not is_timm:
         fn = optimize(model, runtime={"ort": "onnxruntime", "ov": "openvino", "auto": "auto"}[variant], threads=threads)
     elif variant in ("fast", "fast-bf16", "fast-int8") and not is_timm:

@@ -13,8 +13,10 @@ from convformer.cli.app import app
 @app.command()
 def bench(
     specs: Optional[List[str]] = typer.Argument(None, help="Candidates: NAME, NAME@fast, NAME@fast-bf16, NAME@compile, "
-                                                          "timm:NAME[@compile|@bf16], onnx:NAME, onnx:timm:NAME, "
-                                                          "onnx:NAME@official (the authors' ONNX file, e.g. CFSR)."),
+                                                          "NAME@ort|@ov|@auto|@ort-int8, timm:NAME[@compile|@bf16], "
+                                                          "onnx:NAME[@fast|@ort], onnx:timm:NAME, ov:NAME[@fast|@ort], "
+                                                          "ov:timm:NAME, onnx:NAME@official (the authors' ONNX file, "
+                                                          "e.g. CFSR)."),
     img_size: Optional[str] = typer.Option(None, help="Input size, N or HxW (e.g. 180x320) [default: the first "
                                                       "model's: 224, or the LR size of a 1280x720 output]."),
     batch: int = typer.Option(32, help="Batch size for throughput."),
@@ -34,9 +36,15 @@ def bench(
     models: Optional[List[str]] = typer.Option(None, help="Leaderboard entries instead of the default list "
                                                           "(repeat, or comma-separated)."),
     quick: bool = typer.Option(False, "--quick", help="Fewer timed runs (1 warm-up, 2 repeats): a rough ranking."),
+    runtime: str = typer.Option("torch", help="Run our plain NAME candidates in this runtime: torch (as named), "
+                                              "onnxruntime (NAME@ort), openvino (NAME@ov) or auto (NAME@auto)."),
 ):
     """Measure candidates interleaved in one run; print a table, optionally write JSON + plot."""
     progress = lambda msg: typer.echo(f"... {msg}", err=True)  # noqa: E731
+    suffix = {"torch": "", "onnxruntime": "@ort", "openvino": "@ov", "auto": "@auto"}.get(runtime)
+    if suffix is None:
+        raise ConvformerError(f"--runtime must be one of torch, onnxruntime, openvino, auto, got {runtime!r}")
+    specs = [s + suffix if ":" not in s and "@" not in s else s for s in specs or []]
     repeats, warmup = (repeats or 2, 1) if quick else (repeats or 5, warmup)
     png = None if not output else output[:-5] + ".png" if output.endswith(".json") else output + ".png"
     if leaderboard or models:

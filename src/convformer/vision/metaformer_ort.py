@@ -14,7 +14,7 @@ This module describes the same network in NCHW with only ops that stay blocked:
 * the channel LayerNorm is computed exactly (two passes: the mean is subtracted before the variance is
   taken, so inputs whose mean dwarfs their spread keep their digits) from a 1x1 conv to one channel
   (minus the mean), a 1x1 conv back to all channels fused with the residual add (the centred tensor),
-  ``Mul`` (its square), a 1x1 conv to one channel (the variance plus eps), a square root and reciprocal
+  ``Mul`` (its square), a 1x1 conv to one channel (the variance plus eps), ``var ** -0.5``
   on that single channel, and a broadcast back by 1x1 conv. Only one-channel tensors leave the layout;
 * per-channel scales on the residual stream (residual scales, a stem norm's weight) are depthwise 1x1
   convolutions, and residual adds fuse into the convolution that produces the branch.
@@ -56,7 +56,7 @@ class ChannelNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         centred = F.conv2d(F.conv2d(x, self.neg_mean), self.spread) + x
         var = F.conv2d(centred * centred, self.mean_of, self.eps)
-        return centred * F.conv2d(torch.reciprocal(torch.sqrt(var)), self.spread)
+        return centred * F.conv2d(torch.pow(var, -0.5), self.spread)  # Pow: one node, not Sqrt + Reciprocal
 
 
 class ChannelScale(nn.Module):
