@@ -51,7 +51,9 @@ def run_benchmark(specs: list[str], img_size=None, batch: int = 32, repeats: int
     say(f"timing {len(cands)} candidates, {repeats} interleaved rounds")
     with torch.inference_mode():
         thr = interleaved({s: (lambda c=c: c["fn"](x)) for s, c in cands.items()}, warmup, repeats)
-        lat = interleaved({s: (lambda c=c: c["fn"](x1)) for s, c in cands.items()}, warmup, repeats) if latency else {}
+        # a batch-1 run is short and noisier: four times the rounds, for the same confidence in the median
+        lat = interleaved({s: (lambda c=c: c["fn"](x1)) for s, c in cands.items()}, warmup, 4 * repeats) \
+            if latency else {}
     # measured again after the timing: a ceiling taken while other work shared the cores reads low and
     # would inflate every "% of ceiling"; the larger of the two is the closer to the machine's
     ceiling = max(ceiling, matmul_ceiling())
