@@ -17,7 +17,7 @@ from pathlib import Path
 from convformer.bench.runner import format_table, run_benchmark, write_report
 from convformer.sr.cfsr import output_size_macs
 
-VARIANTS = ["{m}", "{m}@fast", "{m}@fast-bf16", "onnx:{m}@official", "onnx:{m}"]
+VARIANTS = ["{m}", "{m}@fast", "{m}@fast-bf16", "{m}@ort", "onnx:{m}@official", "onnx:{m}"]
 
 
 def ratios(report: dict) -> str:
@@ -32,6 +32,8 @@ def ratios(report: dict) -> str:
                   f"  ours fp32 (@fast) / official ONNX in onnxruntime   {get(f'{m}@fast') / official:.2f}x "
                   "(target >= 1.0)",
                   f"  ours fp32 eager   / official ONNX in onnxruntime   {get(m) / official:.2f}x",
+                  *([f"  ours in onnxruntime (@ort) / official ONNX in onnxruntime   "
+                     f"{get(f'{m}@ort') / official:.2f}x (target >= 1.15)"] if f"{m}@ort" in by else []),
                   *([f"  ours bf16 (@fast-bf16) / official ONNX fp32         {get(f'{m}@fast-bf16') / official:.2f}x "
                      "(onnxruntime has no CPU bf16 Conv)"] if f"{m}@fast-bf16" in by else []),
                   f"  latency: ours {get(f'{m}@fast', 'latency_ms'):.0f} ms, official ONNX "

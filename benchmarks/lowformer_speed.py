@@ -12,7 +12,7 @@ from pathlib import Path
 
 from convformer.bench.runner import format_table, run_benchmark, write_report
 
-VARIANTS = ["{m}@fast", "{m}@compile", "onnx:{m}", "timm:{m}", "timm:{m}@compile", "onnx:timm:{m}"]
+VARIANTS = ["{m}@fast", "{m}@compile", "{m}@ort", "onnx:{m}", "timm:{m}", "timm:{m}@compile", "onnx:timm:{m}"]
 PEERS = {"timm eager": "timm:{m}", "timm compiled": "timm:{m}@compile", "timm in onnxruntime": "onnx:timm:{m}"}
 
 
@@ -22,7 +22,7 @@ def ratios(report: dict) -> dict:
     by = {r["spec"]: r for r in report["results"]}
     out = {}
     for model in sorted({r["model"] for r in report["results"]}):
-        for ours in (f"{model}@fast", f"{model}@compile"):
+        for ours in (f"{model}@fast", f"{model}@compile", f"{model}@ort"):
             if ours not in by:
                 continue
             for label, template in PEERS.items():
