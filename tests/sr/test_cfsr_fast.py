@@ -144,10 +144,12 @@ def test_bench_official_onnx_against_ours_and_the_benchmark_script(tmp_path, cap
                  "--output", str(out)])
     report = json.loads(out.read_text())
     specs = [r["spec"] for r in report["results"]]
-    assert specs == ["cfsr_x4", "cfsr_x4@fast", "cfsr_x4@fast-bf16", "onnx:cfsr_x4@official", "onnx:cfsr_x4"]
+    assert specs == ["cfsr_x4", "cfsr_x4@fast", "cfsr_x4@fast-bf16", "cfsr_x4@ort", "onnx:cfsr_x4@official",
+                     "onnx:cfsr_x4"]
     assert report["settings"]["pretrained"] and all(r["throughput"] > 0 for r in report["results"])
     printed = capsys.readouterr().out
     assert "ours fp32 (@fast) / official ONNX in onnxruntime" in printed and "target >= 1.0" in printed
+    assert "ours in onnxruntime (@ort) / official ONNX in onnxruntime" in printed
     assert (tmp_path / "speed.png").read_bytes()[:4] == b"\x89PNG"
 
 
