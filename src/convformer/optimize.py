@@ -140,6 +140,13 @@ RUNTIME_HELP = ("Inference runtime: torch, onnxruntime, openvino (the openvino e
                 "installed one on the first batch of each shape and keeps the fastest); all but torch imply --fast.")
 
 
+def check_runtime(runtime: str) -> str:
+    """``runtime`` if it is one of RUNTIMES, else a one-line error (commands call it before any work)."""
+    if runtime not in RUNTIMES:
+        raise ConvformerError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    return runtime
+
+
 def for_inference(model: nn.Module, fast: bool = False, runtime: str = "torch", threads: int | None = None):
     """What a command runs: ``model`` itself, or ``optimize(model, runtime=...)`` when ``fast`` is set or a
     runtime other than torch is asked for (those run the optimised export form anyway)."""

@@ -16,7 +16,7 @@ import typer
 from convformer.pose.config import PoseTrainConfig
 from convformer.errors import ConvformerError
 from convformer.engine import options
-from convformer.optimize import RUNTIME_HELP
+from convformer.optimize import RUNTIME_HELP, check_runtime
 from convformer.pose.task import load_lifter
 
 app = typer.Typer(no_args_is_help=True, help="3-D human pose: train/evaluate lifters, lift 2-D keypoints.")
@@ -154,6 +154,7 @@ def eval_cmd(
     """Per-action MPJPE (protocol 1), P-MPJPE (protocol 2), N-MPJPE and MPJVE over whole sequences."""
     from convformer.pose.task import evaluate_sequences, load_split
     from convformer.fileio import atomic_write
+    check_runtime(runtime)
     if threads is not None:
         if threads < 1:
             raise ConvformerError(f"--threads must be at least 1, got {threads}")
@@ -250,6 +251,7 @@ def lift_cmd(
     from convformer.pose.data import normalize_screen
     from convformer.pose.task import lift_sequence
     from convformer.fileio import atomic_write
+    check_runtime(runtime)
     output = output or keypoints.with_name(keypoints.stem + "_3d.npy")
     if output.suffix != ".npy":
         raise ConvformerError(f"--output must be a .npy file, got {output}")

@@ -47,6 +47,8 @@ def upscale_cmd(
     """Write <name>_x<scale>.png for every input image."""
     from convformer.sr.data import image_files, load_rgb, save_png
     from convformer.sr.task import upscale
+    from convformer.optimize import check_runtime
+    check_runtime(runtime)
     files = image_files(inputs)
     net = _sr_model(model, weights, fast, runtime)
     targets = [output / f"{f.stem}_x{net.scale}.png" for f in files]

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from convformer.engine import build_config, options
 from convformer.engine.distributed import resolve_device
 from convformer.errors import ConvformerError
-from convformer.optimize import RUNTIME_HELP, for_inference
+from convformer.optimize import RUNTIME_HELP, check_runtime, for_inference
 from convformer.registry import create_model
 from convformer.vision.config import EvalConfig, TrainConfig
 from convformer.vision.data import build_image_data, eval_transform, open_image
@@ -111,6 +111,7 @@ def evaluate_cmd(
     runtime: str = typer.Option("torch", help=RUNTIME_HELP),
 ):
     """Report loss, top-1 and top-5 accuracy."""
+    check_runtime(runtime)
     flags = {k: v for k, v in locals().items() if k not in ("config", "as_json", "fast", "runtime")}
     cfg = build_config(EvalConfig, config, **flags)
     net, meta = model_from_weights(cfg.weights, cfg.model, cfg.img_size)
@@ -144,6 +145,7 @@ def predict(
     runtime: str = typer.Option("torch", help=RUNTIME_HELP),
 ):
     """Print the top labels with probabilities for each image."""
+    check_runtime(runtime)
     if weights:
         net, meta = model_from_weights(weights, model)
     elif model:  # the card's published weights, through the hub
