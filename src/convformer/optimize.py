@@ -96,8 +96,7 @@ def optimize(model: nn.Module, dtype: str | torch.dtype | None = None, compile: 
     ``output_agreement`` or an evaluation on real data first. compile: wrap in ``torch.compile``.
     A model class without a registered fast path is only copied, cast and compiled.
     """
-    if runtime not in RUNTIMES:
-        raise ConvformerError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    check_runtime(runtime)
     if runtime == "onnxruntime" and dtype == "int8" and not compile and fold:
         if calibration is None:
             raise ConvformerError("int8 in ONNX Runtime is calibrated on real inputs: pass calibration= a few "

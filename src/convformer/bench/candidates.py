@@ -42,6 +42,8 @@ def _peer_timm(name: str):
 
 #: prefixes of candidates run from an exported ONNX file, and the runtime that runs it
 FILE_RUNNERS = {"onnx:": "onnxruntime", "ov:": "openvino"}
+#: the variant suffix that runs our model in each runtime of ``optimize(model, runtime=...)`` ("" = torch)
+RUNTIME_VARIANTS = {"torch": "", "onnxruntime": "ort", "openvino": "ov", "auto": "auto"}
 
 
 def strip_runner(spec: str) -> str:
@@ -87,9 +89,9 @@ def sample_shape(model, hw) -> tuple:
     return (3, *hw)
 
 
-def _file_runner(runner: str, path, threads: int | None):
-    """An ONNX file run by onnxruntime ("onnx") or OpenVINO ("ov"), torch tensor in."""
-    if runner == "ov":
+def _file_runner(runtime: str, path, threads: int | None):
+    """An ONNX file run by ``runtime`` (a value of FILE_RUNNERS), torch tensor in."""
+    if runtime == "openvino":
         from convformer.runtimes import openvino_runner
         run = openvino_runner(path, threads)
         return lambda x: run(x.numpy())
@@ -105,9 +107,10 @@ def build_candidate(spec: str, img_size, threads: int | None, pretrained: bool =
     ``pretrained`` loads our models' published weights (timing barely depends on them, but the
     authors' ONNX files carry trained weights, so a like-for-like run uses the same)."""
     hw = parse_size(img_size)
-    runner = "onnx" if spec.startswith("onnx:") else "ov" if spec.startswith("ov:") else None
-    onnx = runner is not None
-    body = spec.partition(":")[2] if onnx else spec
+    prefix = next((p for p in FILE_RUNNERS if spec.startswith(p)), None)
+    onnx = prefix is not None
+    runner = FILE_RUNNERS.get(prefix)
+    body = spec[len(prefix):] if onnx else spec
     name, _, variant = body.partition("@")
     is_timm = name.startswith("timm:")
     base_name = name[len("timm:"):] if is_timm else name
@@ -139,7 +142,8 @@ def build_candidate(spec: str, img_size, threads: int | None, pretrained: bool =
         calibration = [torch.rand(shape, generator=torch.Generator().manual_seed(i)) for i in range(4)]
         fn = optimize(model, runtime="onnxruntime", dtype="int8", calibration=calibration, threads=threads)
     elif variant in ("ort", "ov", "auto") and not is_timm:
-        fn = optimize(model, runtime={"ort": "onnxruntime", "ov": "openvino", "auto": "auto"}[variant], threads=threads)
+        runtime = next(r for r, v in RUNTIME_VARIANTS.items() if v == variant)
+        fn = optimize(model, runtime=runtime, threads=threads)
     elif variant in ("fast", "fast-bf16", "fast-int8") and not is_timm:
         fn = optimize(model, dtype={"fast": None, "fast-bf16": "bf16", "fast-int8": "int8"}[variant])
     else:

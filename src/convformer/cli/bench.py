@@ -5,6 +5,7 @@ from typing import List, Optional
 
 import typer
 
+from convformer.bench.candidates import RUNTIME_VARIANTS
 from convformer.bench.runner import format_table, run_benchmark, write_report
 from convformer.errors import ConvformerError
 from convformer.cli.app import app
@@ -41,9 +42,9 @@ def bench(
 ):
     """Measure candidates interleaved in one run; print a table, optionally write JSON + plot."""
     progress = lambda msg: typer.echo(f"... {msg}", err=True)  # noqa: E731
-    suffix = {"torch": "", "onnxruntime": "@ort", "openvino": "@ov", "auto": "@auto"}.get(runtime)
-    if suffix is None:
-        raise ConvformerError(f"--runtime must be one of torch, onnxruntime, openvino, auto, got {runtime!r}")
+    if runtime not in RUNTIME_VARIANTS:
+        raise ConvformerError(f"--runtime must be one of {', '.join(RUNTIME_VARIANTS)}, got {runtime!r}")
+    suffix = "@" + RUNTIME_VARIANTS[runtime] if RUNTIME_VARIANTS[runtime] else ""
     specs = [s + suffix if ":" not in s and "@" not in s else s for s in specs or []]
     repeats, warmup = (repeats or 2, 1) if quick else (repeats or 5, warmup)
     png = None if not output else output[:-5] + ".png" if output.endswith(".json") else output + ".png"
