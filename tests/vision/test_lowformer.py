@@ -142,11 +142,21 @@ def test_speed_benchmark_reports_ours_against_each_timm_way(tmp_path):
     from conftest import load_benchmark
     script = load_benchmark("lowformer_speed")
     out = tmp_path / "speed.json"
-    report = script.main(["--models", "lowformer_b0", "--variants", "{m}@fast", "timm:{m}", "--img-size", "64",
-                          "--batch", "2", "--repeats", "1", "--output", str(out)])
+    report = script.main(["--models", "lowformer_b0", "--variants", "{m}@fast", "{m}@ort", "timm:{m}",
+                          "onnx:timm:{m}", "--img-size", "64", "--batch", "2", "--repeats", "1", "--output", str(out)])
     assert out.is_file() and out.with_suffix(".png").is_file()
     by = {r["spec"]: r for r in report["results"]}
     r = report["ratios"]["lowformer_b0@fast vs timm eager"]
     assert r["b32_speedup"] == by["lowformer_b0@fast"]["throughput"] / by["timm:lowformer_b0"]["throughput"]
     assert r["b1_speedup"] == by["timm:lowformer_b0"]["latency_ms"] / by["lowformer_b0@fast"]["latency_ms"]
-    assert set(report["ratios"]) == {"lowformer_b0@fast vs timm eager"}
+    assert set(report["ratios"]) == {f"lowformer_b0@{o} vs timm {p}" for o in ("fast", "ort")
+                                     for p in ("eager", "in onnxruntime")}
+    # issue 24's target: the best of ours against timm's LowFormer in ONNX Runtime
+    t = report["runtime_target"]["lowformer_b0"]
+    ours = [by["lowformer_b0@fast"], by["lowformer_b0@ort"]]
+    fastest = max(ours, key=lambda x: x["throughput"])
+    quickest = min(ours, key=lambda x: x["latency_ms"])
+    peer = by["onnx:timm:lowformer_b0"]
+    assert t["throughput"] == fastest["spec"] and t["latency"] == quickest["spec"]
+    assert t["throughput_ratio"] == fastest["throughput"] / peer["throughput"]
+    assert t["latency_ratio"] == quickest["latency_ms"] / peer["latency_ms"]
