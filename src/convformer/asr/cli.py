@@ -44,6 +44,9 @@ def train_cmd(
                                                      "item [default: 0]."),
     gain_db: Optional[float] = typer.Option(None, help="Random gain of up to this many dB either way (volume "
                                                        "perturbation) [default: 0]."),
+    normalize: Optional[str] = typer.Option(None, help="Log-mel normalisation: utterance (per utterance, offline "
+                                                       "only), fixed or running (causal: what live recognition "
+                                                       "streams with) [default: utterance]."),
     narrowband: Optional[str] = typer.Option(None, help="Audio recorded below 16 kHz: 'keep' its empty upper mel "
                                                         "bands or 'mask' them [default: keep]."),
     epochs: Optional[int] = typer.Option(None, help="Epochs [default: 40]."),
@@ -116,10 +119,10 @@ def eval_cmd(
 ):
     """CER and WER on a manifest, offline (and streaming, whose transcripts must be identical)."""
     import torch
-    from convformer.asr.data import FrontendConfig, LogMelFrontend
     from convformer.asr.task import (Utterances, collate_utterances, decode_batch, load_asr, pick_decoder,
                                      read_manifest, resolve_data, stream_chunk)
     from convformer.asr.ctc import error_rates
+    from convformer.asr.live_frontend import frontend_for
     from convformer.fileio import atomic_write
     weights, net, vocab = _load(weights, model)
     pick_decoder(net, decoder)  # a wrong --decoder is an error before any audio is read
@@ -130,7 +133,7 @@ def eval_cmd(
     if not scored.is_file() and Path(manifest).is_file():
         raise ConvformerError(f"manifest {manifest} is not in the data folder {folder} (it is in the current folder: "
                               f"pass --data FOLDER for the folder that holds it and its audio)")
-    utts = Utterances(read_manifest(scored), vocab, LogMelFrontend(FrontendConfig()).eval(),
+    utts = Utterances(read_manifest(scored), vocab, frontend_for(net),
                       mask_narrowband=getattr(net, "narrowband", "keep") == "mask")
     typer.echo(f"scoring {scored} ({len(utts)} utterances) with the {pick_decoder(net, decoder)} head")
     loader = torch.utils.data.DataLoader(utts, batch_size=batch_size, collate_fn=collate_utterances)
@@ -183,13 +186,29 @@ def transcribe_cmd(
     context: Optional[str] = typer.Option(None, help="Attention context LEFT,RIGHT of a multi-latency model [default: its first, e.g. 32,7 for conformer_ctc_xs]."),
     decoder: str = typer.Option("auto", help="Head that decodes: ctc, rnnt (hybrid models), or auto (rnnt where "
                                              "there is one)."),
+    rate: int = typer.Option(16000, help="Sample rate of raw PCM read from stdin (`-`)."),
+    realtime: bool = typer.Option(False, "--realtime", help="Play each file at 1x speed through the live path, "
+                                                            "printing partial results as they would appear."),
+    normalize: Optional[str] = typer.Option(None, help="Live path (`-`, --realtime): causal feature normalisation, "
+                                                       "fixed or running [default: the model's own, else fixed]."),
 ):
-    """Print the transcript of each file (with --stream: partial hypotheses, latency and real-time factor)."""
-    from convformer.asr.data import FrontendConfig, LogMelFrontend, load_audio
+    """Print the transcript of each file (with --stream: partial hypotheses, latency and real-time factor).
+    `-` reads raw 16-bit PCM from stdin and recognises it live; --realtime plays files at 1x speed through
+    the live path."""
+    from convformer.asr.data import load_audio
     from convformer.asr.task import decode_batch, load_asr, pick_decoder, stream_chunk, transcribe_stream
+    if rate <= 0:
+        raise ConvformerError(f"--rate must be a positive sample rate in Hz, got {rate}")
+    if normalize is not None and normalize not in ("fixed", "running"):
+        raise ConvformerError(f"--normalize {normalize!r}: use fixed or running (live audio needs a causal one)")
     weights, net, vocab = _load(weights, model)
     pick_decoder(net, decoder)
-    frontend = LogMelFrontend(FrontendConfig()).eval()
+    if "-" in audio or realtime:
+        if audio.count("-") > 1 or ("-" in audio and len(audio) > 1):
+            raise ConvformerError("`-` (stdin) must be the only input")
+        return _transcribe_live(net, vocab, audio, rate, realtime, normalize, chunk_ms, context, decoder)
+    from convformer.asr.live_frontend import frontend_for
+    frontend = frontend_for(net)
     streamer = _streamer(net, context) if stream or context else None
     chunk = stream_chunk(streamer, chunk_ms) if stream else 0
     for path in audio:
@@ -212,3 +231,169 @@ def transcribe_cmd(
         typer.echo(f"  final: {result['text']}")
         typer.echo(f"  {len(steps)} steps, {1000 * sum(steps) / len(steps):.1f} ms mean / "
                    f"{1000 * max(steps):.1f} ms worst per step, real-time factor {sum(steps) / seconds:.3f}")
+
+
+def _live_recognizer(net, vocab, normalize, chunk_ms, context, decoder, **limits):
+    from convformer.asr.live import LiveRecognizer
+    from convformer.asr.live_frontend import model_norm
+    from convformer.asr.task import stream_chunk
+    streamer = _streamer(net, context)
+    return LiveRecognizer(net, vocab, model_norm(net, normalize), stream_chunk(streamer, chunk_ms), decoder, **limits)
+
+
+def _stdin_blocks(rate: int, block: int = 3200):
+    """Float samples at 16 kHz from raw 16-bit little-endian PCM on stdin, as it arrives."""
+    import sys
+    import numpy as np
+    stdin = sys.stdin.buffer
+    if rate != 16000:   # resampling is done on the whole input (not live)
+        from math import gcd
+        from scipy.signal import resample_poly
+        data = stdin.read()
+        data = data[:len(data) - len(data) % 2]
+        x = np.frombuffer(data, "<i2").astype(np.float32) / 32768.0
+        g = gcd(rate, 16000)
+        typer.echo(f"note: {rate} Hz input is resampled to 16000 Hz after the whole input is read", err=True)
+        yield resample_poly(x, 16000 // g, rate // g).astype(np.float32)
+        return
+    carry = b""
+    while True:
+        data = stdin.read1(2 * block) if hasattr(stdin, "read1") else stdin.read(2 * block)
+        if not data:
+            break
+        data = carry + data
+        cut = len(data) - len(data) % 2
+        carry = data[cut:]
+        if cut:
+            yield np.frombuffer(data[:cut], "<i2").astype(np.float32) / 32768.0
+
+
+def _file_blocks(path: str, realtime: bool, block: int = 320):
+    """A file's samples at 16 kHz in 20 ms blocks, paced at 1x speed with ``realtime``."""
+    import time
+    from convformer.asr.data import load_audio
+    wave = load_audio(path).numpy()
+    t0 = time.monotonic()
+    for i in range(0, len(wave), block):
+        if realtime:
+            wait = t0 + i / 16000 - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        yield wave[i:i + block]
+
+
+def _transcribe_live(net, vocab, audio, rate, realtime, normalize, chunk_ms, context, decoder):
+    import time
+    live = _live_recognizer(net, vocab, normalize, chunk_ms, context, decoder, max_seconds=float("inf"),
+                            max_backlog_seconds=float("inf"))
+    typer.echo(f"live: {live.chunk * 10} ms steps, {live.norm.mode} normalisation, {live.decoder} head", err=True)
+    for path in audio:
+        blocks = _stdin_blocks(rate) if path == "-" else _file_blocks(path, realtime)
+        name = "stdin" if path == "-" else path
+        live.open(name)
+        t0 = time.monotonic()
+        final = None
+        for samples in blocks:
+            live.feed(name, samples)
+            for e in live.drain():
+                typer.echo(f"  [{time.monotonic() - t0:6.2f} s] {e['text']}")
+        live.end(name)
+        for e in live.drain():
+            if e["type"] == "final":
+                final = e
+            else:
+                typer.echo(f"  [{time.monotonic() - t0:6.2f} s] {e['text']}")
+        typer.echo(f"{name}: {final['text']}")
+
+
+@app.command("serve")
+def serve_cmd(
+    weights: Optional[str] = typer.Option(None, help="Weight file from `asr train` [default: the shipped model]."),
+    model: Optional[str] = typer.Option(None, help="Model name, if the file does not say."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8765, help="Port (0: any free port; the one chosen is printed)."),
+    max_streams: int = typer.Option(64, help="Streams open at once; one more is refused with a message."),
+    max_seconds: float = typer.Option(300.0, help="Longest utterance in seconds; longer audio is refused (the "
+                                                  "result so far is still sent)."),
+    max_backlog: float = typer.Option(5.0, help="Seconds of audio a stream may wait for the model before it is "
+                                                "refused (back-pressure when the machine cannot keep up)."),
+    idle_seconds: float = typer.Option(30.0, help="A client that sends nothing for this long is closed."),
+    chunk_ms: Optional[float] = typer.Option(None, help="Streaming step in ms [default: the model's smallest]."),
+    context: Optional[str] = typer.Option(None, help="Attention context LEFT,RIGHT of a multi-latency model."),
+    normalize: Optional[str] = typer.Option(None, help="Causal feature normalisation: fixed or running "
+                                                       "[default: the model's own, else fixed]."),
+    naive: bool = typer.Option(False, "--naive", help="One model call per stream per step instead of one "
+                                                      "batched call (to measure against)."),
+    threads: Optional[int] = typer.Option(None, help="Torch threads for the model [default: torch's]."),
+):
+    """Serve live recognition over WebSocket (protocol: docs/asr.md), and a page that listens at /."""
+    import asyncio
+    import torch
+    from convformer.asr.serve import LiveServer, require_websockets
+    require_websockets()
+    for flag, value in (("--max-streams", max_streams), ("--max-seconds", max_seconds),
+                        ("--max-backlog", max_backlog), ("--idle-seconds", idle_seconds)):
+        if value <= 0:
+            raise ConvformerError(f"{flag} must be positive, got {value:g}")
+    if not 0 <= port <= 65535:
+        raise ConvformerError(f"--port must be within 0..65535, got {port}")
+    if threads is not None:
+        if threads <= 0:
+            raise ConvformerError(f"--threads must be positive, got {threads}")
+        torch.set_num_threads(threads)
+    weights, net, vocab = _load(weights, model)
+    decoders = ("rnnt", "ctc") if hasattr(net, "joint") and net.head is not None else \
+        (("rnnt",) if hasattr(net, "joint") else ("ctc",))
+    first = _live_recognizer(net, vocab, normalize, chunk_ms, context, decoders[0], max_streams=max_streams,
+                             max_seconds=max_seconds, max_backlog_seconds=max_backlog, batched=not naive)
+
+    def make(decoder):
+        if decoder == first.decoder:
+            return first
+        return _live_recognizer(net, vocab, normalize, chunk_ms, context, decoder, max_streams=max_streams,
+                                max_seconds=max_seconds, max_backlog_seconds=max_backlog, batched=not naive)
+
+    server = LiveServer(make, decoders, max_streams=max_streams, idle_seconds=idle_seconds)
+    server.recognizers[first.decoder] = first
+
+    def ready(bound):
+        typer.echo(f"serving {Path(weights).stem} on ws://{host}:{bound}/ (page: http://{host}:{bound}/); "
+                   f"{first.chunk * 10} ms steps, {first.norm.mode} normalisation, heads {', '.join(decoders)}, "
+                   f"{'naive' if naive else 'batched'}", err=True)
+        typer.echo(f"port {bound}")
+        import sys
+        sys.stdout.flush()
+
+    asyncio.run(server.run(host, port, ready))
+    typer.echo(f"stopped after {server.served} streams", err=True)
+
+
+@app.command("stream")
+def stream_cmd(
+    audio: str = typer.Argument(..., help="WAV/FLAC file to send (resampled to 16 kHz)."),
+    url: str = typer.Option("ws://127.0.0.1:8765/", help="The server's WebSocket address."),
+    realtime: bool = typer.Option(True, "--realtime/--fast", help="Send at 1x speed [default] or as fast as "
+                                                                   "the server takes it."),
+    decoder: str = typer.Option("auto", help="Head to decode with: auto, ctc or rnnt."),
+    block_ms: float = typer.Option(100.0, help="Audio per message in ms."),
+):
+    """Send a file to `asr serve` as a live client would, printing partial results and the final one."""
+    import asyncio
+    from convformer.asr.client import stream_file
+    from convformer.asr.serve import require_websockets
+    require_websockets()
+    if block_ms <= 0:
+        raise ConvformerError(f"--block-ms must be positive, got {block_ms:g}")
+
+    def show(event):
+        if event["type"] == "partial":
+            typer.echo(f"  [{event['end']:6.2f} s audio, {1000 * event['latency']:5.0f} ms] {event['text']}")
+        elif event["type"] == "error":
+            typer.echo(f"server: {event['message']}", err=True)
+
+    result = asyncio.run(stream_file(url, audio, realtime=realtime, decoder=decoder, block_ms=block_ms,
+                                     on_event=show))
+    if result.get("final") is None:
+        raise ConvformerError("the server closed the stream without a final result"
+                              + (f": {result['errors'][-1]}" if result["errors"] else ""))
+    typer.echo(f"{audio}: {result['final']['text']}")

@@ -45,6 +45,24 @@ class StreamState:
     def batch_size(self) -> int:
         return self.features.shape[0]
 
+    @staticmethod
+    def cat(states: list["StreamState"]) -> "StreamState":
+        """One batch from several streams' states (each of any batch size), in order; a live server builds
+        each tick's batch from the streams that have a chunk ready."""
+        if not states or len({s.signature for s in states}) != 1:
+            raise ConvformerError("states to batch together must come from the same model and context")
+        return StreamState(
+            features=torch.cat([s.features for s in states]), feat_pos=torch.cat([s.feat_pos for s in states]),
+            feat_len=torch.cat([s.feat_len for s in states]), ended=torch.cat([s.ended for s in states]),
+            keys=torch.cat([s.keys for s in states], dim=1), conv=torch.cat([s.conv for s in states], dim=1),
+            signature=states[0].signature)
+
+    def row(self, i: int) -> "StreamState":
+        """Stream ``i`` alone, as a batch of one (views of this state's tensors)."""
+        return StreamState(features=self.features[i:i + 1], feat_pos=self.feat_pos[i:i + 1],
+                           feat_len=self.feat_len[i:i + 1], ended=self.ended[i:i + 1],
+                           keys=self.keys[:, i:i + 1], conv=self.conv[:, i:i + 1], signature=self.signature)
+
     def reset(self, rows) -> None:
         """Start new streams in the given batch rows (the other rows carry on)."""
         rows = torch.as_tensor(rows, dtype=torch.long)

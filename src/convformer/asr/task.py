@@ -20,6 +20,7 @@ from convformer.progress import progress_bar
 from convformer.asr.data import (CharVocabulary, FrontendConfig, LogMelFrontend, SentencePieceVocabulary, SpecAugment,
                            WaveAugment, load_audio)
 from convformer.errors import ConvformerError
+from convformer.asr.live_frontend import NORMALIZATIONS, CausalLogMel, FeatureNorm, feature_stats
 from convformer.asr.transducer import GreedyTransducerDecoder, rnnt_loss
 from convformer.asr.ctc import StreamingGreedyDecoder, edit_distance, error_rates, greedy_decode
 from convformer.engine.tasks import Task, TaskData, model_options
@@ -192,7 +193,17 @@ class SpeechRecognition(Task):
         folder = resolve_data(cfg.data)
         self.vocab = build_vocabulary(cfg.vocab)
         self.blank = len(self.vocab)
-        frontend = LogMelFrontend(FrontendConfig()).eval()
+        if cfg.normalize not in NORMALIZATIONS:
+            raise ConvformerError(f"--normalize {cfg.normalize!r}: use one of {', '.join(NORMALIZATIONS)}")
+        train_entries = read_manifests(folder, cfg.train_manifest)
+        # the training audio's log-mel statistics: stored with the weights for live (causal) recognition, and
+        # the normalisation itself when the model is trained the causal way
+        raw = LogMelFrontend(FrontendConfig(normalize="none")).eval()
+        stats = feature_stats(raw(load_audio(e["audio_filepath"]))[0][0]
+                              for e in progress_bar(train_entries, desc="feature statistics", disable=not progress,
+                                                    leave=False, unit="utt"))
+        norm = FeatureNorm(cfg.normalize, *stats) if cfg.normalize != "utterance" else FeatureNorm()
+        frontend = CausalLogMel(norm)
         extra = model_options(cfg, {"vocab_size": len(self.vocab)})
         probe = create_model(cfg.model, vocab_size=len(self.vocab), **extra)
         subsample = probe.encoder.subsampling.output_length
@@ -207,7 +218,7 @@ class SpeechRecognition(Task):
         self.val_metrics = ("cer", "wer", *per_context) if len(self.contexts) > 1 else ("cer", "wer")
         mask = narrowband_masking(cfg.narrowband)
         waves = wave_augment(cfg)
-        train = Utterances(read_manifests(folder, cfg.train_manifest), self.vocab, frontend, subsample,
+        train = Utterances(train_entries, self.vocab, frontend, subsample,
                            SpecAugment() if cfg.spec_augment else None, progress, "train", waves, mask)
         val = Utterances(read_manifests(folder, cfg.val_manifest), self.vocab, frontend, subsample,
                          None, progress, "validation", mask_narrowband=mask)
@@ -223,7 +234,8 @@ class SpeechRecognition(Task):
         resolved = {"train_utterances": len(train), "val_utterances": len(val), "train_hours": seconds / 3600,
                     "narrowband_utterances": {"train": train.narrowband, "val": val.narrowband},
                     "data_folder": str(folder)}
-        meta = {"vocabulary": vocabulary_meta(self.vocab), "task": "speech", "narrowband": cfg.narrowband}
+        meta = {"vocabulary": vocabulary_meta(self.vocab), "task": "speech", "narrowband": cfg.narrowband,
+                "feature_norm": cfg.normalize, "feature_stats": FeatureNorm("fixed", *stats).to_meta()}
         if extra:  # so that eval/transcribe/export rebuild the same network from the weight file
             meta["model_kwargs"] = json.dumps(extra)
         return TaskData(train, val, {"vocab_size": len(self.vocab), **extra}, resolved, meta,
@@ -324,6 +336,8 @@ def load_asr(weights: str, model_name: str | None = None, loaded: tuple | None =
     model = create_model(name, vocab_size=len(vocab), **json.loads(meta.get("model_kwargs", "{}")))
     load_weights(model, state, metadata=meta, source_name=weights)
     model.narrowband = meta.get("narrowband", "keep")  # the front end it was trained with
+    model.feature_norm = meta.get("feature_norm", "utterance")  # how its features were normalised in training
+    model.feature_stats = meta.get("feature_stats")     # the training data's log-mel statistics (JSON), if known
     return model.eval(), vocab
 
 
