@@ -237,3 +237,21 @@ def test_stream_and_stdin_clients(server, reference, tmp_path):
     gone = subprocess.run(CLI + ["asr", "stream", str(path), "--url", "ws://127.0.0.1:9/"], capture_output=True,
                           text=True, timeout=60)
     assert gone.returncode == 2 and "cannot reach ws://127.0.0.1:9/" in gone.stderr
+
+
+def test_load_benchmark_four_streams_all_exact(tmp_path):
+    """The load benchmark, bounded: 4 real-time streams against a batched server; every final transcript is
+    offline decoding's, and the table counts them."""
+    from conftest import load_benchmark
+    script = load_benchmark("asr_serve_load")
+    out = tmp_path / "load.json"
+    report = script.main(["--streams", "4", "--seconds", "2", "--modes", "batched", "--threads", "1",
+                          "--max-latency", "30", "--output", str(out)])
+    row, = report["rows"]
+    assert row["mode"] == "batched" and row["streams"] == 4 and row["exact"] == 4
+    assert row["errors"] == 0 and row["timeouts"] == 0 and row["real_time"]
+    # every stream's 2 s went through the model in 320 ms steps: at least 6 stream-steps each
+    assert abs(row["audio_seconds"] - 8.0) < 1e-6 and round(row["ticks"] * row["mean_batch"]) >= 4 * 6
+    assert row["latency_p50"] <= row["latency_p95"] <= row["latency_p99"]
+    assert json.loads(out.read_text())["largest_real_time"] == {"batched": 4}
+    assert "| batched | 4 | yes |" in out.with_suffix(".md").read_text()

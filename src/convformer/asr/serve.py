@@ -196,6 +196,30 @@ class LiveServer:
                 await ws.close()
                 return
 
+    def stats(self) -> dict:
+        """What the worker has done so far (``GET /stats``): the load benchmark reads it."""
+        recs = list(self.recognizers.values())
+        ticks = sum(r.ticks for r in recs)
+        return {"open_streams": self.open_streams, "served": self.served, "ticks": ticks,
+                "model_calls": sum(r.model_calls for r in recs),
+                "stream_steps": sum(sum(r.batch_sizes) for r in recs),
+                "compute_seconds": sum(sum(r.tick_seconds) for r in recs),
+                "mean_batch": sum(sum(r.batch_sizes) for r in recs) / max(ticks, 1),
+                "max_batch": max((max(r.batch_sizes, default=0) for r in recs), default=0),
+                "load": self.load, "draining": self.draining}
+
+    def http(self, connection, request):
+        """Plain HTTP GETs (no WebSocket upgrade): ``/`` is the page that listens, ``/stats`` the worker's
+        counters as JSON; anything else is a 404."""
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None
+        if request.path in ("/", "/index.html"):
+            return _respond(connection, page_html(), "text/html; charset=utf-8")
+        if request.path == "/stats":
+            return _respond(connection, json.dumps(self.stats()), "application/json")
+        return connection.respond(HTTPStatus.NOT_FOUND, "not found: the page is at /, the WebSocket at /, "
+                                                        "counters at /stats\n")
+
     # ---- the worker -----------------------------------------------------------------------------------
     async def worker(self) -> None:
         loop = asyncio.get_running_loop()
@@ -251,7 +275,7 @@ class LiveServer:
                 loop.add_signal_handler(sig, self.drain)
             except (NotImplementedError, RuntimeError):   # not the main thread (tests), or no signals here
                 pass
-        async with serve(self.handler, host, port, process_request=_page, max_size=2 ** 22,
+        async with serve(self.handler, host, port, process_request=self.http, max_size=2 ** 22,
                          ping_interval=20, ping_timeout=20) as server:
             bound = server.sockets[0].getsockname()[1]
             if ready is not None:
@@ -280,13 +304,8 @@ def page_html() -> str:
     return resources.files("convformer.asr").joinpath("web/live.html").read_text()
 
 
-def _page(connection, request):
-    """Plain HTTP GETs (no WebSocket upgrade): ``/`` is the page that listens; anything else is a 404."""
-    if request.headers.get("Upgrade", "").lower() == "websocket":
-        return None
-    if request.path in ("/", "/index.html"):
-        response = connection.respond(HTTPStatus.OK, page_html())
-        del response.headers["Content-Type"]
-        response.headers["Content-Type"] = "text/html; charset=utf-8"
-        return response
-    return connection.respond(HTTPStatus.NOT_FOUND, "not found: the page is at /, the WebSocket at /\n")
+def _respond(connection, body: str, content_type: str):
+    response = connection.respond(HTTPStatus.OK, body)
+    del response.headers["Content-Type"]
+    response.headers["Content-Type"] = content_type
+    return response
