@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 # torch/torchvision pinned to the builds these machines carry on local disk (CPU use; see README)
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-all test-nemo venv
+.PHONY: demo test test-all test-nemo test-browser venv
 
 $(VENV)/.created:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=python3)"; exit 1; }
@@ -33,6 +33,14 @@ test: $(VENV)/.installed-test
 
 test-all: $(VENV)/.installed-test
 	$(PY) -m pytest -n 2 -q -m ""
+
+# the live page in a real browser: Debian's Chromium (installed here if missing) driven by Playwright
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-browser: $(VENV)/.installed-test
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+	$(PIP) install -q -e '.[test,browser]'
+	$(PY) -m pytest -q -rs tests/asr/test_browser.py
 
 # NeMo parity of the streaming Conformer, in its own environment (NeMo pulls Lightning, Hydra, transformers...)
 NEMO_VENV := .venv-nemo

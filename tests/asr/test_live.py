@@ -198,3 +198,26 @@ def test_live_refusals_name_the_problem(shipped, stats):
         live.feed("a", torch.zeros(10))
     with pytest.raises(LiveError, match="second end message"):
         live.end("a")
+
+
+def test_silence_padding_keeps_the_utterance_and_adds_quiet_edges():
+    from convformer.asr.data import WaveAugment
+    torch.manual_seed(0)
+    speech = torch.randn(8000) * 0.3
+    aug = WaveAugment(speeds=(1.0,), pad_silence=0.5)
+    seen_digital, seen_floor = False, False
+    for _ in range(20):
+        out = aug(speech)
+        extra = out.numel() - speech.numel()
+        assert 0 <= extra <= 2 * 8000
+        starts = [i for i in range(extra + 1) if torch.equal(out[i:i + 8000], speech)]
+        assert len(starts) == 1                                   # the utterance, untouched, once
+        edges = torch.cat([out[:starts[0]], out[starts[0] + 8000:]])
+        if edges.numel():
+            level = float(edges.abs().max())
+            assert level < 10 ** (-50 / 20) * 6                     # at most a quiet room (-50 dBFS, 6 sigma)
+            seen_digital |= level == 0.0
+            seen_floor |= level > 0.0
+    assert seen_digital and seen_floor
+    with pytest.raises(ConvformerError, match="pad-silence"):
+        WaveAugment(pad_silence=-1)

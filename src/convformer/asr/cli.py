@@ -44,6 +44,9 @@ def train_cmd(
                                                      "item [default: 0]."),
     gain_db: Optional[float] = typer.Option(None, help="Random gain of up to this many dB either way (volume "
                                                        "perturbation) [default: 0]."),
+    pad_silence: Optional[float] = typer.Option(None, help="Up to this many seconds of silence (digital or a "
+                                                           "quiet noise floor) before and after each training "
+                                                           "item, for live audio [default: 0]."),
     normalize: Optional[str] = typer.Option(None, help="Log-mel normalisation: utterance (per utterance, offline "
                                                        "only), fixed or running (causal: what live recognition "
                                                        "streams with) [default: utterance]."),

@@ -19,6 +19,7 @@ class AsrTrainConfig(EngineOptions):
     speed_perturb: bool = False          # each training item played at 0.9x, 1x or 1.1x speed (drawn per item)
     noise: float = 0.0                   # probability of adding noise at 10-30 dB SNR to a training item
     gain_db: float = 0.0                 # random gain of up to this many dB either way (volume perturbation)
+    pad_silence: float = 0.0             # up to this many seconds of silence before and after each training item
     normalize: str = "utterance"         # log-mel normalisation: "utterance" (offline), "fixed" or "running" (causal, live)
     narrowband: str = "keep"             # audio recorded below 16 kHz: "keep" its empty upper mel bands or "mask" them
     ctc_weight: float = 0.3              # hybrid CTC/RNN-T models: loss = w * ctc + (1 - w) * rnnt

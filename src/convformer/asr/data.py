@@ -162,12 +162,15 @@ class WaveAugment:
     look to the model."""
 
     def __init__(self, speeds=(0.9, 1.0, 1.1), gain_db: float = 0.0, noise: float = 0.0,
-                 snr_db: tuple[float, float] = (10.0, 30.0)):
+                 snr_db: tuple[float, float] = (10.0, 30.0), pad_silence: float = 0.0, sample_rate: int = 16000):
         if any(s <= 0 for s in speeds) or not speeds:
             raise ConvformerError(f"speed perturbation factors must be positive, got {list(speeds)}")
         if not 0.0 <= noise <= 1.0:
             raise ConvformerError(f"the noise probability must be within [0, 1], got {noise}")
+        if pad_silence < 0:
+            raise ConvformerError(f"--pad-silence must be >= 0 seconds, got {pad_silence}")
         self.speeds, self.gain_db, self.noise, self.snr_db = tuple(speeds), gain_db, noise, tuple(snr_db)
+        self.pad_silence, self.sample_rate = pad_silence, sample_rate
 
     @property
     def fastest(self) -> float:
@@ -201,7 +204,18 @@ class WaveAugment:
             power = wave.pow(2).mean().clamp(min=1e-10)
             noise = noise * (power / noise.pow(2).mean().clamp(min=1e-10) / 10 ** (snr / 10)).sqrt()
             wave = wave + noise
+        if self.pad_silence:
+            wave = self.pad(wave)
         return wave
+
+    def pad(self, wave: torch.Tensor) -> torch.Tensor:
+        """Up to ``pad_silence`` seconds of silence before and after (each drawn uniformly), at a noise floor
+        drawn between digital silence and a quiet room (-70..-50 dBFS): what a live stream holds around
+        speech and the corpus's trimmed recordings never show the model."""
+        most = int(self.pad_silence * self.sample_rate)
+        before, after = (int(v) for v in torch.randint(most + 1, (2,)))
+        level = 0.0 if float(torch.rand(())) < 0.25 else 10 ** (float(torch.empty(()).uniform_(-70, -50)) / 20)
+        return torch.cat([torch.randn(before) * level, wave, torch.randn(after) * level])
 
 
 # ---- audio files -----------------------------------------------------------------------------------------

@@ -84,9 +84,9 @@ def narrowband_masking(option: str) -> bool:
 def wave_augment(cfg) -> WaveAugment | None:
     """The training waveform augmentation the config asks for (None: features are computed once)."""
     speeds = (0.9, 1.0, 1.1) if cfg.speed_perturb else (1.0,)
-    if speeds == (1.0,) and not cfg.noise and not cfg.gain_db:
+    if speeds == (1.0,) and not cfg.noise and not cfg.gain_db and not cfg.pad_silence:
         return None
-    return WaveAugment(speeds, gain_db=cfg.gain_db, noise=cfg.noise)
+    return WaveAugment(speeds, gain_db=cfg.gain_db, noise=cfg.noise, pad_silence=cfg.pad_silence)
 
 
 def build_vocabulary(spec: str):
