@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 # torch/torchvision pinned to the builds these machines carry on local disk (CPU use; see README)
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-all test-nemo test-browser venv
+.PHONY: demo test test-all test-nemo test-browser test-proxy venv
 
 $(VENV)/.created:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=python3)"; exit 1; }
@@ -41,6 +41,12 @@ test-browser: $(VENV)/.installed-test
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
 	$(PIP) install -q -e '.[test,browser]'
 	$(PY) -m pytest -q -rs tests/asr/test_browser.py
+
+# two `asr serve` processes behind nginx (deploy/nginx-asr.conf), nginx from Debian's packages if missing
+test-proxy: $(VENV)/.installed-test
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx-light; }
+	$(PY) -m pytest -q -rs tests/asr/test_proxy.py
 
 # NeMo parity of the streaming Conformer, in its own environment (NeMo pulls Lightning, Hydra, transformers...)
 NEMO_VENV := .venv-nemo
