@@ -61,9 +61,11 @@ def reference():
     model, vocab = load_asr(str(SHIPPED))
     frontend = CausalLogMel(model_norm(model))
 
-    def offline(samples) -> str:
-        pcm = (np.clip(np.asarray(samples, np.float32), -1, 1 - 1 / 32768) * 32768).astype("<i2")
-        feats, n = frontend(torch.from_numpy(pcm.astype(np.float32) / 32768.0))
+    def offline(samples, quantize: bool = True) -> str:
+        x = np.asarray(samples, np.float32)
+        if quantize:   # what a client sends: 16-bit samples
+            x = (np.clip(x, -1, 1 - 1 / 32768) * 32768).astype("<i2").astype(np.float32) / 32768.0
+        feats, n = frontend(torch.from_numpy(x))
         return decode_batch(model, vocab, feats, torch.tensor([int(n)]))[0]
     return offline
 
@@ -255,3 +257,30 @@ def test_load_benchmark_four_streams_all_exact(tmp_path):
     assert row["latency_p50"] <= row["latency_p95"] <= row["latency_p99"]
     assert json.loads(out.read_text())["largest_real_time"] == {"batched": 4}
     assert "| batched | 4 | yes |" in out.with_suffix(".md").read_text()
+
+
+def test_transcribe_realtime_and_narrowband_stdin(reference):
+    """`--realtime` plays a file at 1x through the live path; `--rate 8000` stdin is resampled first."""
+    from convformer.asr.data import load_audio as load
+    path = TEST_AUDIO[1]
+    t0 = time.monotonic()
+    done = subprocess.run(CLI + ["asr", "transcribe", str(path), "--realtime"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] == f"{path}: {reference(wave(1))}"
+    stamps = [float(line.split("]")[0].strip(" [s")) for line in lines[:-1]]
+    assert stamps == sorted(stamps) and stamps                      # partials, in time order
+    assert time.monotonic() - t0 > len(wave(1)) / 16000             # it took at least the audio's duration
+    # 8 kHz PCM on stdin: the same text as the file resampled the way load_audio resamples it
+    from scipy.signal import resample_poly
+    narrow = resample_poly(wave(1), 1, 2).astype(np.float32)
+    pcm = (np.clip(narrow, -1, 1 - 1 / 32768) * 32768).astype("<i2")
+    done = subprocess.run(CLI + ["asr", "transcribe", "-", "--rate", "8000"], input=pcm.tobytes(),
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    up = resample_poly(pcm.astype(np.float32) / 32768.0, 2, 1).astype(np.float32)
+    assert done.stdout.decode().splitlines()[-1] == f"stdin: {reference(up, quantize=False)}"
+    assert "resampled to 16000 Hz after the whole input is read" in done.stderr.decode()
+    bad = subprocess.run(CLI + ["asr", "transcribe", "-", "--rate", "0"], input=b"", capture_output=True, timeout=60)
+    assert bad.returncode == 2 and b"--rate must be a positive sample rate" in bad.stderr
