@@ -52,7 +52,8 @@ class Server:
 def server():
     s = Server("--max-streams", "6", "--idle-seconds", "20", "--max-backlog", "200")
     yield s
-    s.stop()
+    t0 = time.monotonic()
+    assert s.stop() == 0 and time.monotonic() - t0 < 20   # drains and exits after every kind of client
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +219,15 @@ def test_sigterm_drains_every_open_stream():
         await asyncio.sleep(1.0)     # both streams are mid-utterance (sent in real time)
         s.proc.send_signal(signal.SIGTERM)
 
-    ra, rb, _ = run(stream_samples(s.url, a, realtime=True), stream_samples(s.url, b, realtime=True), late_term())
+    async def leaver():       # gone before the signal: its connection must not keep the server alive
+        from websockets.asyncio.client import connect
+        async with connect(s.url) as ws:
+            await ws.send(json.dumps({"type": "start", "sample_rate": 16000}))
+            await ws.send((wave(4)[:8000] * 32768).astype("<i2").tobytes())
+            await asyncio.sleep(0.2)
+
+    ra, rb, _, _ = run(stream_samples(s.url, a, realtime=True), stream_samples(s.url, b, realtime=True), late_term(),
+                       leaver())
     assert s.proc.wait(30) == 0
     for r in (ra, rb):
         assert r["final"] is not None and any("shutting down" in e for e in r["errors"])

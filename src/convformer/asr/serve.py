@@ -166,9 +166,14 @@ class LiveServer:
         except ConnectionClosed:
             if rec is not None and sid is not None:
                 rec.close(sid)   # a client that left: its stream is dropped, nobody else notices
+            if sender is not None:
+                sender.cancel()  # no final result will come for it
         finally:
             if sender is not None:
-                await sender
+                try:
+                    await sender
+                except asyncio.CancelledError:
+                    pass
             self.outboxes.pop(sid, None)
 
     async def _refuse(self, ws, outbox, rec, sid, message: str) -> None:
