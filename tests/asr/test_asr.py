@@ -224,3 +224,31 @@ def test_model_kwargs_train_a_single_latency_model_that_reloads(tmp_path):
     with pytest.raises(ConvformerError, match="model_kwargs may not set"):
         train(AsrTrainConfig(data=str(data), model_kwargs={"vocab_size": 5}, epochs=1, threads=1,
                              output=str(tmp_path), name="bad"), progress=False, log=lambda *_: None)
+
+
+def test_causal_normalisation_is_trained_recorded_and_used(asr_run, tmp_path, capsys):
+    """`--normalize fixed` trains on features normalised by the training audio's statistics, records both in
+    the weight file (every run records the statistics), and `asr eval` scores with that front end."""
+    from convformer.asr.data import FrontendConfig, LogMelFrontend, load_audio
+    from convformer.asr.live_frontend import CausalLogMel, FeatureNorm, feature_stats, frontend_for
+    from convformer.asr.task import load_asr
+    _, meta = read_state_dict(asr_run["weights"])       # the plain run: per-utterance, statistics recorded
+    assert meta["feature_norm"] == "utterance"
+    raw = LogMelFrontend(FrontendConfig(normalize="none")).eval()
+    train_audio = [e["audio_filepath"] for e in read_manifest(asr_run["data"] / "train.jsonl")]
+    mean, std = feature_stats(raw(load_audio(p))[0][0] for p in train_audio)
+    import numpy as np
+    np.testing.assert_allclose(json.loads(meta["feature_stats"])["mean"], mean, rtol=1e-6)
+    np.testing.assert_allclose(json.loads(meta["feature_stats"])["std"], std, rtol=1e-6)
+    assert main(["asr", "train", "--data", str(asr_run["data"]), "--epochs", "1", "--batch-size", "3",
+                 "--threads", "1", "--quiet", "--normalize", "fixed", "--output", str(tmp_path), "--name", "f"]) == 0
+    weights = str(tmp_path / "f" / "best.safetensors")
+    model, _ = load_asr(weights)
+    assert model.feature_norm == "fixed"
+    fe = frontend_for(model)
+    wave = load_audio(train_audio[0])
+    want = CausalLogMel(FeatureNorm("fixed", mean, std))(wave)[0]
+    torch.testing.assert_close(fe(wave)[0], want)
+    assert main(["asr", "train", "--data", str(asr_run["data"]), "--epochs", "1", "--normalize", "global",
+                 "--output", str(tmp_path), "--name", "g"]) == 2
+    assert "--normalize 'global': use one of utterance, fixed, running" in one_line_error(capsys)
