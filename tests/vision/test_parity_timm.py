@@ -42,8 +42,9 @@ def test_timm_weights_into_ours(name):
                 assert (got[0] - want[0]).abs().max().item() <= 1e-4, kwargs
                 got, want = got[1], want[1]
             assert len(got) == len(want), kwargs
-            for a, b in zip(got, want):
-                assert a.shape == b.shape and (a - b).abs().max().item() <= 1e-4, kwargs
+            for a, b in zip(got, want):   # 1e-4 of the features' scale (deep stages reach |x| ~ 5: float rounding)
+                scale = max(1.0, b.abs().max().item())
+                assert a.shape == b.shape and (a - b).abs().max().item() <= 1e-4 * scale, kwargs
 
 
 @pytest.mark.parametrize("name", by_structure(TIMM_VARIANTS))
