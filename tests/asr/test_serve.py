@@ -268,6 +268,7 @@ def test_load_benchmark_four_streams_all_exact(tmp_path):
     assert "| batched | 4 | yes |" in out.with_suffix(".md").read_text()
 
 
+@pytest.mark.slow
 def test_transcribe_realtime_and_narrowband_stdin(reference):
     """`--realtime` plays a file at 1x through the live path; `--rate 8000` stdin is resampled first."""
     from convformer.asr.data import load_audio as load
