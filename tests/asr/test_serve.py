@@ -294,3 +294,17 @@ def test_transcribe_realtime_and_narrowband_stdin(reference):
     assert "resampled to 16000 Hz after the whole input is read" in done.stderr.decode()
     bad = subprocess.run(CLI + ["asr", "transcribe", "-", "--rate", "0"], input=b"", capture_output=True, timeout=60)
     assert bad.returncode == 2 and b"--rate must be a positive sample rate" in bad.stderr
+
+
+def test_a_taken_port_is_a_one_line_error(capsys):
+    import socket
+    from convformer.cli import main
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["asr", "serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: cannot listen on 127.0.0.1:{port} (") and "pick another --port" in err
+    assert main(["asr", "serve", "--max-streams", "0"]) == 2
+    assert "--max-streams must be positive, got 0" in capsys.readouterr().err

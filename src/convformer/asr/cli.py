@@ -367,7 +367,11 @@ def serve_cmd(
         import sys
         sys.stdout.flush()
 
-    asyncio.run(server.run(host, port, ready))
+    try:
+        asyncio.run(server.run(host, port, ready))
+    except OSError as err:   # the address is taken, or not this machine's
+        raise ConvformerError(f"cannot listen on {host}:{port} ({err.strerror or err}); pick another --port or "
+                              "--host") from None
     typer.echo(f"stopped after {server.served} streams", err=True)
 
 
