@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convformer.asr.client import stream_samples
+from convformer.asr.client import start_server, stream_samples
 from convformer.asr.data import load_audio
 from convformer.asr.live_frontend import CausalLogMel, model_norm
 from convformer.asr.pretrained import SHIPPED
@@ -68,16 +67,10 @@ def offline_transcripts(weights: str, audios: list[np.ndarray]) -> list[str]:
 
 class ServerProcess:
     def __init__(self, weights: str | None, naive: bool, threads: int, max_streams: int):
-        args = [sys.executable, "-m", "convformer", "asr", "serve", "--port", "0", "--threads", str(threads),
-                "--max-streams", str(max_streams), "--max-backlog", "60", "--idle-seconds", "120"]
+        args = ["--threads", str(threads), "--max-streams", str(max_streams), "--max-backlog", "60",
+                "--idle-seconds", "120"]
         args += (["--weights", weights] if weights else []) + (["--naive"] if naive else [])
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        line = self.proc.stdout.readline()
-        if not line.startswith("port "):
-            self.proc.kill()
-            raise SystemExit(f"the server did not start ({line!r})")
-        self.port = int(line.split()[1])
+        self.proc, self.port = start_server(*args, stderr=subprocess.DEVNULL)
         self.url = f"ws://127.0.0.1:{self.port}/"
 
     def stats(self) -> dict:

@@ -16,7 +16,7 @@ import torch
 
 pytest.importorskip("websockets")
 
-from convformer.asr.client import stream_samples  # noqa: E402
+from convformer.asr.client import start_server, stream_samples  # noqa: E402
 from convformer.asr.data import load_audio  # noqa: E402
 from convformer.asr.live_frontend import CausalLogMel, model_norm  # noqa: E402
 from convformer.asr.pretrained import SHIPPED  # noqa: E402
@@ -28,14 +28,7 @@ TEST_AUDIO = sorted((BUNDLED / "test").glob("*.flac"))
 
 class Server:
     def __init__(self, *args):
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(CLI + ["asr", "serve", "--port", "0", "--threads", "1", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        line = self.proc.stdout.readline()
-        if not line.startswith("port "):
-            self.proc.kill()
-            raise RuntimeError(f"the server did not start: {line!r} {self.proc.stderr.read()}")
-        self.port = int(line.split()[1])
+        self.proc, self.port = start_server("--threads", "1", *args)
         self.url = f"ws://127.0.0.1:{self.port}/"
 
     def stop(self):
@@ -271,7 +264,6 @@ def test_load_benchmark_four_streams_all_exact(tmp_path):
 @pytest.mark.slow
 def test_transcribe_realtime_and_narrowband_stdin(reference):
     """`--realtime` plays a file at 1x through the live path; `--rate 8000` stdin is resampled first."""
-    from convformer.asr.data import load_audio as load
     path = TEST_AUDIO[1]
     t0 = time.monotonic()
     done = subprocess.run(CLI + ["asr", "transcribe", str(path), "--realtime"], capture_output=True, text=True,

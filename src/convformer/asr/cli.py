@@ -250,14 +250,11 @@ def _stdin_blocks(rate: int, block: int = 3200):
     import numpy as np
     stdin = sys.stdin.buffer
     if rate != 16000:   # resampling is done on the whole input (not live)
-        from math import gcd
-        from scipy.signal import resample_poly
+        from convformer.asr.data import resample
         data = stdin.read()
         data = data[:len(data) - len(data) % 2]
-        x = np.frombuffer(data, "<i2").astype(np.float32) / 32768.0
-        g = gcd(rate, 16000)
         typer.echo(f"note: {rate} Hz input is resampled to 16000 Hz after the whole input is read", err=True)
-        yield resample_poly(x, 16000 // g, rate // g).astype(np.float32)
+        yield resample(np.frombuffer(data, "<i2").astype(np.float32) / 32768.0, rate, 16000)
         return
     carry = b""
     while True:
@@ -295,18 +292,16 @@ def _transcribe_live(net, vocab, audio, rate, realtime, normalize, chunk_ms, con
         name = "stdin" if path == "-" else path
         live.open(name)
         t0 = time.monotonic()
-        final = None
+
+        def show(events):
+            for e in events:
+                typer.echo(f"  [{time.monotonic() - t0:6.2f} s] {e['text']}" if e["type"] == "partial" else
+                           f"{name}: {e['text']}")
         for samples in blocks:
             live.feed(name, samples)
-            for e in live.drain():
-                typer.echo(f"  [{time.monotonic() - t0:6.2f} s] {e['text']}")
+            show(live.drain())
         live.end(name)
-        for e in live.drain():
-            if e["type"] == "final":
-                final = e
-            else:
-                typer.echo(f"  [{time.monotonic() - t0:6.2f} s] {e['text']}")
-        typer.echo(f"{name}: {final['text']}")
+        show(live.drain())   # the last partials, then the final
 
 
 @app.command("serve")
@@ -345,19 +340,14 @@ def serve_cmd(
             raise ConvformerError(f"--threads must be positive, got {threads}")
         torch.set_num_threads(threads)
     weights, net, vocab = _load(weights, model)
-    decoders = ("rnnt", "ctc") if hasattr(net, "joint") and net.head is not None else \
-        (("rnnt",) if hasattr(net, "joint") else ("ctc",))
-    first = _live_recognizer(net, vocab, normalize, chunk_ms, context, decoders[0], max_streams=max_streams,
-                             max_seconds=max_seconds, max_backlog_seconds=max_backlog, batched=not naive)
+    decoders = (("rnnt",) if hasattr(net, "joint") else ()) + (("ctc",) if net.head is not None else ())
 
     def make(decoder):
-        if decoder == first.decoder:
-            return first
         return _live_recognizer(net, vocab, normalize, chunk_ms, context, decoder, max_streams=max_streams,
                                 max_seconds=max_seconds, max_backlog_seconds=max_backlog, batched=not naive)
 
     server = LiveServer(make, decoders, max_streams=max_streams, idle_seconds=idle_seconds)
-    server.recognizers[first.decoder] = first
+    first = server.recognizer("auto")   # built now: a bad --chunk-ms or --normalize is refused before serving
 
     def ready(bound):
         typer.echo(f"serving {Path(weights).stem} on ws://{host}:{bound}/ (page: http://{host}:{bound}/); "

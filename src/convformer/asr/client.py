@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -26,8 +29,7 @@ async def stream_samples(url: str, samples: np.ndarray, realtime: bool = True, d
     out = {"final": None, "partials": [], "errors": [], "ready": None, "latencies": []}
     sent_at: list[tuple[float, float]] = []       # (seconds of audio sent so far, wall time)
     try:
-        ws_cm = connect(url, max_size=2 ** 22, open_timeout=10)
-        ws = await ws_cm
+        ws = await connect(url, max_size=2 ** 22, open_timeout=10)
     except OSError as err:
         raise ConvformerError(f"cannot reach {url} ({err}); is `convformer asr serve` running there?") from None
     async with ws:
@@ -74,6 +76,20 @@ async def stream_samples(url: str, samples: np.ndarray, realtime: bool = True, d
             pass
         await receiver
     return out
+
+
+def start_server(*args: str, stderr=subprocess.PIPE) -> tuple[subprocess.Popen, int]:
+    """``convformer asr serve --port 0 ARGS`` in a child process on a free port: (the process, its port).
+    The tests and the load benchmark start their servers with it."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "convformer", "asr", "serve", "--port", "0", *args],
+                            stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+    line = proc.stdout.readline()          # "port N" once it listens
+    if not line.startswith("port "):
+        proc.kill()
+        why = proc.stderr.read() if stderr == subprocess.PIPE else ""
+        raise ConvformerError(f"the server did not start: {line!r} {why}".strip())
+    return proc, int(line.split()[1])
 
 
 async def stream_file(url: str, path: str, **kwargs) -> dict:

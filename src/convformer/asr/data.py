@@ -236,6 +236,15 @@ def band_limit(path: str | os.PathLike, sample_rate: int = 16000) -> float | Non
     return rate / 2 if rate < sample_rate else None
 
 
+def resample(samples: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
+    """Mono float32 samples from ``rate`` to ``sample_rate`` (polyphase; unchanged when they are equal)."""
+    if rate == sample_rate:
+        return samples
+    from scipy.signal import resample_poly
+    g = math.gcd(int(rate), int(sample_rate))
+    return resample_poly(samples, int(sample_rate) // g, int(rate) // g).astype(np.float32)
+
+
 def load_audio(path: str | os.PathLike, sample_rate: int = 16000, with_limit: bool = False):
     """A mono float waveform at ``sample_rate`` from WAV/FLAC/OGG (any rate; resampled polyphase). Audio
     recorded below ``sample_rate`` has nothing above its own Nyquist frequency: ``with_limit`` also returns
@@ -253,11 +262,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, with_limit: bo
         raise ConvformerError(f"{path} is not a readable audio file ({err}); use WAV or FLAC") from None
     if data.shape[0] == 0:
         raise ConvformerError(f"{path} holds no audio samples")
-    data = data.mean(axis=1)
-    if rate != sample_rate:
-        from scipy.signal import resample_poly
-        g = math.gcd(int(rate), int(sample_rate))
-        data = resample_poly(data, sample_rate // g, int(rate) // g).astype(np.float32)
+    data = resample(data.mean(axis=1), rate, sample_rate)
     wave = torch.from_numpy(np.ascontiguousarray(data))
     return (wave, rate / 2 if rate < sample_rate else None) if with_limit else wave
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from convformer.asr.ctc import StreamingGreedyDecoder
+from convformer.asr.data import FrontendConfig
 from convformer.asr.live_frontend import FeatureNorm, StreamingFrontend
 from convformer.asr.streaming import StreamingConformer, StreamState
 from convformer.asr.task import pick_decoder
@@ -36,20 +38,11 @@ class _Stream:
     frontend: StreamingFrontend
     state: StreamState
     pending: torch.Tensor                 # feature frames not yet given to the encoder (n, n_mels)
-    decoder: object                       # per-stream decoder state (see _Decoders)
+    decoder: object                       # decoding state: CTC the last symbol, RNN-T (g, state) of one row
     tokens: list = field(default_factory=list)
     frames_decoded: int = 0               # encoder output frames decoded so far
     ended: bool = False                   # the client sent its end message
-    last_text: str = ""
-    opened: float = field(default_factory=time.monotonic)
     sent_at: list = field(default_factory=list)   # (feature frame count, wall time the audio arrived)
-
-
-class _CtcRows:
-    """The CTC head's greedy decoding state of one stream (the last symbol)."""
-
-    def __init__(self, blank: int):
-        self.blank, self.prev = blank, None
 
 
 class LiveRecognizer:
@@ -73,7 +66,7 @@ class LiveRecognizer:
         self.batched = batched
         self.streams: dict[object, _Stream] = {}
         self.frame_seconds = model.cfg.frame_ms / 1000 if hasattr(model, "cfg") else 0.04
-        self.rate = 16000
+        self.rate = FrontendConfig().sample_rate       # what StreamingFrontend takes
         self.blank = model.blank
         self.ticks, self.tick_seconds, self.batch_sizes, self.model_calls = 0, [], [], 0
 
@@ -85,10 +78,8 @@ class LiveRecognizer:
             raise LiveError(f"the server is full: {self.max_streams} streams are open (--max-streams); "
                             "try again when one ends")
         state = self.streamer.initial_state(1)
-        if self.decoder == "rnnt":
-            dec = GreedyTransducerDecoder(self.model.prediction, self.model.joint, 1)
-        else:
-            dec = _CtcRows(self.blank)
+        dec = GreedyTransducerDecoder(self.model.prediction, self.model.joint, 1).row(0) \
+            if self.decoder == "rnnt" else None
         n_mels = self.model.encoder.cfg.feat_in
         self.streams[sid] = _Stream(sid, StreamingFrontend(self.norm), state, torch.zeros(0, n_mels), dec)
 
@@ -162,7 +153,9 @@ class LiveRecognizer:
     @torch.no_grad()
     def compute(self, work):
         """The model's part of a tick, touching no stream: encoder frames, valid masks, next states and the
-        decoding of the new frames, for every stream in ``work``."""
+        decoding of the new frames, for every stream in ``work``. Counts the tick (``ticks``,
+        ``tick_seconds``, ``batch_sizes``, ``model_calls``)."""
+        t0 = time.perf_counter()
         streams, feats, lengths = work
         groups = [list(range(len(streams)))] if self.batched else [[i] for i in range(len(streams))]
         results = [None] * len(streams)
@@ -173,29 +166,24 @@ class LiveRecognizer:
             gained = self._decode(streams, rows, enc, valid)
             for j, i in enumerate(rows):
                 results[i] = (nxt.row(j), int(valid[j].sum()), gained[j])
+        self.tick_seconds.append(time.perf_counter() - t0)
+        self.batch_sizes.append(len(streams))
+        self.ticks += 1
         return results
 
     def _decode(self, streams, rows, enc, valid):
+        """The rows' decoders joined into one batch for this step: [(tokens gained, decoder state after)]."""
+        states = [streams[i].decoder for i in rows]
         if self.decoder == "ctc":
-            best = self.model.head(enc).argmax(-1)
-            out = []
-            for j, i in enumerate(rows):
-                dec, gained = streams[i].decoder, []
-                prev = dec.prev
-                for sym in best[j][valid[j]].tolist():
-                    if sym != prev and sym != self.blank:
-                        gained.append(sym)
-                    prev = sym
-                out.append((gained, prev))
-            return out
-        decs = [streams[i].decoder for i in rows]
-        batch = GreedyTransducerDecoder.__new__(GreedyTransducerDecoder)
-        batch.prediction, batch.joint, batch.max_symbols = decs[0].prediction, decs[0].joint, decs[0].max_symbols
-        batch.blank, batch.tokens = decs[0].blank, [[] for _ in rows]
-        batch.g = torch.cat([d.g for d in decs])
-        batch.state = tuple(torch.cat([d.state[k] for d in decs], dim=1) for k in range(len(decs[0].state)))
-        gained = batch.feed(enc, valid)
-        return [(gained[j], (batch.g[j:j + 1], tuple(t[:, j:j + 1] for t in batch.state))) for j in range(len(rows))]
+            ctc = StreamingGreedyDecoder(len(rows), self.blank)
+            ctc.prev = states
+            gained = ctc.push(self.model.head(enc), valid)   # greedy: the logits' argmax is the log-probs'
+            return list(zip(gained, ctc.prev))
+        start = (torch.cat([g for g, _ in states]),
+                 tuple(torch.cat(parts, dim=1) for parts in zip(*(state for _, state in states))))
+        rnnt = GreedyTransducerDecoder(self.model.prediction, self.model.joint, len(rows), start=start)
+        gained = rnnt.feed(enc, valid)
+        return [(gained[j], rnnt.row(j)) for j in range(len(rows))]
 
     def deliver(self, work, results) -> list[dict]:
         """Apply a computed tick to its streams. Returns events: ``{"stream", "type": "partial"|"final",
@@ -205,18 +193,14 @@ class LiveRecognizer:
         for s, (state, n_valid, (gained, dec_state)) in zip(streams, results):
             if s.sid not in self.streams:   # closed while the tick ran
                 continue
-            s.state = state
+            s.state, s.decoder = state, dec_state
             s.pending = s.pending[self.chunk:]
-            if self.decoder == "ctc":
-                s.decoder.prev = dec_state
-            else:
-                s.decoder.g, s.decoder.state = dec_state
             s.tokens.extend(gained)
             s.frames_decoded += n_valid
             end = s.frames_decoded * self.frame_seconds
             if gained:
-                s.last_text = self.vocab.decode(s.tokens)
-                events.append({"stream": s.sid, "type": "partial", "text": s.last_text, "end": round(end, 3),
+                events.append({"stream": s.sid, "type": "partial", "text": self.vocab.decode(s.tokens),
+                               "end": round(end, 3),
                                "latency": round(now - self._arrival(s), 4)})
             if s.ended and not s.pending.shape[0] and self.streamer.frames_owed(s.state) == 0 \
                     and bool(s.state.ended[0]):
@@ -236,14 +220,7 @@ class LiveRecognizer:
     def tick(self) -> list[dict]:
         """collect + compute + deliver in one call (what a single-threaded caller uses)."""
         work = self.collect()
-        if work is None:
-            return []
-        t0 = time.perf_counter()
-        results = self.compute(work)
-        self.tick_seconds.append(time.perf_counter() - t0)
-        self.batch_sizes.append(len(work[0]))
-        self.ticks += 1
-        return self.deliver(work, results)
+        return [] if work is None else self.deliver(work, self.compute(work))
 
     def drain(self) -> list[dict]:
         """Tick until no stream has work (an ended stream gets its final result)."""
@@ -253,7 +230,3 @@ class LiveRecognizer:
             if not got and self.collect() is None:
                 return events
             events += got
-
-    def result_so_far(self, sid) -> str:
-        s = self.streams.get(sid)
-        return self.vocab.decode(s.tokens) if s else ""

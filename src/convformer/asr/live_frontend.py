@@ -156,9 +156,6 @@ class StreamingFrontend:
         self.lfe = LogMelFrontend(FrontendConfig(**{**cfg.__dict__, "normalize": "none", "dither": 0.0})).eval()
         self.hop, self.win, self.half = self.lfe.hop, self.lfe.win, cfg.n_fft // 2
         self.running = RunningNorm(norm) if norm.mode == "running" else None
-        if norm.mode == "fixed":
-            self.mean = torch.tensor(norm.mean)
-            self.std = torch.tensor(norm.std)
         # pre-emphasised samples from absolute index `origin` on (those before are no longer needed)
         self.buffer = torch.zeros(0)
         self.origin = 0
@@ -216,9 +213,7 @@ class StreamingFrontend:
         if keep_from > self.origin:
             self.buffer = self.buffer[keep_from - self.origin:]
             self.origin = keep_from
-        if self.running is not None:
-            return self.running(mel)
-        return (mel - self.mean) / (self.std + STD_GUARD)
+        return self.running(mel) if self.running is not None else normalize_features(mel, self.norm)
 
 
 def model_norm(model, mode: str | None = None, prior: float = 100.0) -> FeatureNorm:

@@ -139,14 +139,24 @@ class GreedyTransducerDecoder:
     batch is looped frame by frame and advanced only where an utterance still emits: cost per frame is one
     joint step per emitted token plus one, and one LSTM step per emitted token."""
 
-    def __init__(self, prediction: PredictionNetwork, joint: JointNetwork, batch: int, max_symbols: int = 10):
+    def __init__(self, prediction: PredictionNetwork, joint: JointNetwork, batch: int, max_symbols: int = 10,
+                 start: tuple | None = None):
+        """``start``: (g, state) to continue from, e.g. rows of other decoders joined into one batch (a live
+        server's tick); by default every utterance starts from the blank."""
         self.prediction, self.joint, self.max_symbols = prediction, joint, max_symbols
         self.blank = prediction.blank
         self.tokens: list[list[int]] = [[] for _ in range(batch)]
+        if start is not None:
+            self.g, self.state = start
+            return
         device = next(prediction.parameters()).device
         with torch.no_grad():
             start = torch.full((batch,), self.blank, dtype=torch.long, device=device)
             self.g, self.state = prediction.step(start)
+
+    def row(self, i: int) -> tuple:
+        """Utterance ``i``'s decoding state, (g, state) of a batch of one: a ``start`` for a later decoder."""
+        return self.g[i:i + 1], tuple(t[:, i:i + 1] for t in self.state)
 
     @torch.no_grad()
     def feed(self, frames: torch.Tensor, lengths: torch.Tensor | None = None) -> list[list[int]]:
